@@ -1,0 +1,1 @@
+"""modelfleet operator: turns ModelDeployment resources into GPU-scheduled serving workloads."""

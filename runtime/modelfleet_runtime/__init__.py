@@ -1,0 +1,1 @@
+"""modelfleet runtime: serves a PyTorch model over the Open Inference Protocol v2."""
