@@ -76,3 +76,7 @@ bench-runtime: install ## Benchmark the runtime against raw torch
 .PHONY: clean
 clean: ## Remove the virtualenv and caches (not the cluster binary cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: serve-example
+serve-example: install ## Build the example model and serve it with the runtime (no cluster)
+	hack/serve-example
