@@ -1,0 +1,408 @@
+"""The Helm chart, rendered by the real helm binary: lint, golden output, CRD sync, RBAC shape.
+
+helm comes from the local cluster's binary cache (`hack/cluster/build` builds it); when it is not
+built these tests fail with the command to run, never skip. MODELFLEET_HELM overrides the path.
+Golden files live in tests/golden/chart/; regenerate them with `UPDATE_GOLDEN=1 pytest ...` and
+review the diff.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "modelfleet"
+GOLDEN = REPO / "tests" / "golden" / "chart"
+KUBE_VERSION = "v1.36.3"  # the local cluster's version; keeps `helm template` deterministic
+
+
+def find_helm() -> Path:
+    override = os.environ.get("MODELFLEET_HELM")
+    if override:
+        return Path(override)
+    out = subprocess.run(
+        [str(REPO / "hack" / "cluster" / "build"), "--print-bin-dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    helm = Path(out.stdout.strip()) / "helm"
+    if not os.access(helm, os.X_OK):
+        pytest.fail(
+            f"helm is not built at {helm}: run `make cluster-build` (hack/cluster/build) first, "
+            "or point MODELFLEET_HELM at a helm v3 binary",
+            pytrace=False,
+        )
+    return helm
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return find_helm()
+
+
+def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    # An empty HOME-independent config keeps a developer's repos/plugins out of the result.
+    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/modelfleet-helm/cache",
+           "HELM_CONFIG_HOME": "/tmp/modelfleet-helm/config",
+           "HELM_DATA_HOME": "/tmp/modelfleet-helm/data"}
+    proc = subprocess.run([str(helm), *args], capture_output=True, text=True, env=env,
+                          check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def template(
+    helm: Path, *set_args: str, chart: Path = CHART, release: str = "modelfleet",
+    namespace: str = "modelfleet-system",
+) -> list[dict[str, Any]]:
+    args = ["template", release, str(chart), "--namespace", namespace,
+            "--kube-version", KUBE_VERSION]
+    for s in set_args:
+        args += ["--set", s]
+    out = run_helm(helm, *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+# --- lint -------------------------------------------------------------------------------------
+
+LINT_CASES = {
+    "defaults": [],
+    "namespace-scope": ["operator.scope=namespace", "operator.watchNamespaces={ml,ml-staging}"],
+    "servicemonitor": ["metrics.serviceMonitor.enabled=true"],
+    "no-crds-no-rbac": ["crds.install=false", "rbac.create=false",
+                        "serviceAccount.create=false", "serviceAccount.name=existing"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(LINT_CASES))
+def test_helm_lint_strict_is_clean(helm: Path, case: str) -> None:
+    args = ["lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION]
+    for s in LINT_CASES[case]:
+        args += ["--set", s]
+    proc = run_helm(helm, *args, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+# --- golden output ----------------------------------------------------------------------------
+
+GOLDEN_CASES: dict[str, list[str]] = {
+    "default": [],
+    "namespace-scope": ["operator.scope=namespace", "operator.watchNamespaces={ml,ml-staging}"],
+    "pinned-and-monitored": [
+        "operator.image.digest=sha256:" + "a" * 64,
+        "runtime.image.tag=0.1.0-cpu",
+        "runtime.image.pullPolicy=Always",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=prometheus",
+        "operator.logLevel=debug",
+        "operator.logFormat=json",
+    ],
+}
+
+
+def render_for_golden(helm: Path, set_args: list[str]) -> str:
+    # The CRD is left out: it is generated from operator code and checked against crds/ below,
+    # so an API change does not churn these files.
+    docs = [d for d in template(helm, *set_args) if d["kind"] != "CustomResourceDefinition"]
+    return "".join(
+        "---\n" + yaml.safe_dump(d, sort_keys=True, default_flow_style=False) for d in docs
+    )
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
+def test_template_matches_golden(helm: Path, case: str) -> None:
+    got = render_for_golden(helm, GOLDEN_CASES[case])
+    path = GOLDEN / f"{case}.yaml"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(got)
+    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1 to create it"
+    want = path.read_text()
+    if got != want:
+        diff = "".join(difflib.unified_diff(
+            want.splitlines(keepends=True), got.splitlines(keepends=True),
+            fromfile=str(path.relative_to(REPO)), tofile="helm template"))
+        pytest.fail(f"rendered chart differs from the golden file "
+                    f"(UPDATE_GOLDEN=1 to accept):\n{diff}", pytrace=False)
+
+
+# --- the Deployment ---------------------------------------------------------------------------
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_default_deployment_is_one_restricted_cluster_wide_replica(helm: Path) -> None:
+    docs = template(helm)
+    dep = one(docs, "Deployment")
+    assert dep["metadata"]["name"] == "modelfleet"
+    assert dep["metadata"]["namespace"] == "modelfleet-system"
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    c = operator_container(docs)
+    assert c["image"] == "ghcr.io/modelfleet/operator:0.1.0"  # appVersion
+    assert c["command"] == ["modelfleet-operator"]
+    assert "--all-namespaces" in c["args"]
+    assert not [a for a in c["args"] if a.startswith("--namespace")]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
+    probe = c["livenessProbe"]["httpGet"]
+    assert probe == {"path": "/healthz", "port": "health"}
+    assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    # Pod Security "restricted" profile.
+    psc, csc = pod["securityContext"], c["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["runAsUser"] > 0
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert csc["allowPrivilegeEscalation"] is False
+    assert csc["capabilities"]["drop"] == ["ALL"]
+    assert csc["readOnlyRootFilesystem"] is True
+    env = env_of(c)
+    assert env["MODELFLEET_RUNTIME_IMAGE"] == "ghcr.io/modelfleet/runtime:0.1.0"
+    assert env["MODELFLEET_RUNTIME_IMAGE_PULL_POLICY"] == "IfNotPresent"
+
+
+def test_runtime_image_and_pull_policy_reach_the_operator(helm: Path) -> None:
+    digest = "sha256:" + "b" * 64
+    c = operator_container(template(
+        helm, "runtime.image.repository=registry.local/mf-runtime", "runtime.image.tag=9.9",
+        f"runtime.image.digest={digest}", "runtime.image.pullPolicy=Always"))
+    env = env_of(c)
+    assert env["MODELFLEET_RUNTIME_IMAGE"] == f"registry.local/mf-runtime:9.9@{digest}"
+    assert env["MODELFLEET_RUNTIME_IMAGE_PULL_POLICY"] == "Always"
+
+
+def test_config_change_restarts_the_operator(helm: Path) -> None:
+    def checksum(*s: str) -> str:
+        dep = one(template(helm, *s), "Deployment")
+        return str(dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum() == checksum()
+    assert checksum() != checksum("runtime.image.tag=2.0")
+
+
+def test_namespace_scope_watches_only_the_listed_namespaces(helm: Path) -> None:
+    docs = template(helm, "operator.scope=namespace", "operator.watchNamespaces={ml,ml-staging}")
+    args = operator_container(docs)["args"]
+    assert "--all-namespaces" not in args
+    assert [a for a in args if a.startswith("--namespace")] == [
+        "--namespace=ml", "--namespace=ml-staging"]
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "ml-staging"]
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "ml-staging"]
+    for b in bindings:
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "modelfleet",
+                                  "namespace": "modelfleet-system"}]
+
+
+def test_namespace_scope_defaults_to_the_release_namespace(helm: Path) -> None:
+    docs = template(helm, "operator.scope=namespace", namespace="team-a")
+    args = operator_container(docs)["args"]
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a"]
+    assert [r["metadata"]["namespace"] for r in by_kind(docs, "Role")] == ["team-a"]
+
+
+# --- RBAC -------------------------------------------------------------------------------------
+
+CLUSTER_SCOPED = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("", "namespaces"),
+    ("", "nodes"),
+}
+
+
+def rules_by_resource(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for res in rule["resources"]:
+                out.setdefault((group, res), set()).update(rule["verbs"])
+    return out
+
+
+def test_rbac_has_no_wildcards_and_no_secrets(helm: Path) -> None:
+    for case in (["operator.scope=cluster"], ["operator.scope=namespace"]):
+        docs = template(helm, *case)
+        for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+            for rule in role["rules"]:
+                for key in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[key], (role["metadata"]["name"], rule)
+                assert "secrets" not in rule["resources"]
+                assert "nonResourceURLs" not in rule
+
+
+def test_rbac_grants_what_the_operator_uses(helm: Path) -> None:
+    rules = rules_by_resource(one(template(helm), "ClusterRole")["rules"])
+    # Spot checks of the essentials; the full proof is running the operator as this role
+    # (tests/integration/test_helm_rbac.py).
+    assert {"list", "watch"} <= rules[("apiextensions.k8s.io", "customresourcedefinitions")]
+    assert {"list", "watch", "patch"} <= rules[("modelfleet.io", "modeldeployments")]
+    assert "patch" in rules[("modelfleet.io", "modeldeployments/status")]
+    assert "create" in rules[("", "events")]
+    for child in (("apps", "deployments"), ("", "services"),
+                  ("policy", "poddisruptionbudgets"), ("autoscaling", "horizontalpodautoscalers")):
+        assert {"get", "list", "watch", "patch", "delete"} <= rules[child], child
+    # Read-only where the operator only reads.
+    for read_only in (("", "pods"), ("", "nodes"), ("", "namespaces")):
+        assert rules[read_only] <= {"get", "list", "watch"}, read_only
+
+
+def test_namespace_scope_keeps_only_cluster_scoped_reads_in_the_cluster_role(helm: Path) -> None:
+    docs = template(helm, "operator.scope=namespace", "operator.watchNamespaces={ml}")
+    cluster = rules_by_resource(one(docs, "ClusterRole")["rules"])
+    assert set(cluster) == CLUSTER_SCOPED
+    assert all(v <= {"get", "list", "watch"} for v in cluster.values())
+    full = rules_by_resource(one(template(helm), "ClusterRole")["rules"])
+    namespaced = rules_by_resource(one(docs, "Role")["rules"])
+    # The Role plus the small ClusterRole grant exactly what the cluster-wide role grants.
+    assert {**namespaced, **cluster} == full
+    assert one(docs, "ClusterRole")["metadata"]["name"] == "modelfleet-modelfleet-system"
+
+
+def test_rbac_create_false_renders_no_rbac(helm: Path) -> None:
+    docs = template(helm, "rbac.create=false")
+    for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+        assert not by_kind(docs, kind)
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def test_metrics_service_selects_the_operator_pod(helm: Path) -> None:
+    docs = template(helm)
+    svc = one(docs, "Service")
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    assert not by_kind(docs, "ServiceMonitor")  # off by default: needs Prometheus Operator CRDs
+
+
+def test_service_monitor_scrapes_the_metrics_port(helm: Path) -> None:
+    docs = template(helm, "metrics.serviceMonitor.enabled=true",
+                    "metrics.serviceMonitor.labels.release=prom")
+    sm = one(docs, "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= (
+        one(docs, "Service")["metadata"]["labels"].items())
+
+
+def test_standard_labels_on_every_object(helm: Path) -> None:
+    for d in template(helm, "metrics.serviceMonitor.enabled=true"):
+        labels = d["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "modelfleet", d["kind"]
+        assert labels["app.kubernetes.io/instance"] == "modelfleet"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "modelfleet-0.1.0"
+
+
+def test_release_name_prefixes_resource_names(helm: Path) -> None:
+    docs = template(helm, release="ml")
+    assert one(docs, "Deployment")["metadata"]["name"] == "ml-modelfleet"
+    assert one(docs, "ClusterRole")["metadata"]["name"] == "ml-modelfleet"
+
+
+# --- CRDs ---------------------------------------------------------------------------------------
+
+
+def repo_crd_files() -> dict[str, Path]:
+    return {p.name: p for p in sorted((REPO / "crds").glob("*.yaml"))}
+
+
+def test_chart_crds_are_identical_to_crds_dir() -> None:
+    repo = repo_crd_files()
+    chart = {p.name: p for p in sorted((CHART / "files" / "crds").glob("*.yaml"))}
+    assert repo, "crds/ holds no generated CRD yet"
+    assert sorted(chart) == sorted(repo), "run `make chart-sync` to copy crds/ into the chart"
+    for name, path in repo.items():
+        assert chart[name].read_bytes() == path.read_bytes(), (
+            f"charts/modelfleet/files/crds/{name} differs from crds/{name}: run `make chart-sync`")
+
+
+def test_rendered_crds_are_the_repo_crds_plus_keep_policy(helm: Path) -> None:
+    repo = {}
+    for path in repo_crd_files().values():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                repo[doc["metadata"]["name"]] = doc
+    crds = by_kind(template(helm), "CustomResourceDefinition")
+    rendered = {d["metadata"]["name"]: d for d in crds}
+    assert sorted(rendered) == sorted(repo)
+    for name, want in repo.items():
+        got = rendered[name]
+        assert got["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert got["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert got["spec"] == want["spec"], f"{name}: rendered spec differs from crds/"
+
+
+def test_crds_can_be_left_out_or_deletable(helm: Path) -> None:
+    assert not by_kind(template(helm, "crds.install=false"), "CustomResourceDefinition")
+    for crd in by_kind(template(helm, "crds.keep=false"), "CustomResourceDefinition"):
+        assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+
+
+def test_chart_has_no_helm_crds_dir() -> None:
+    # Helm would install a crds/ dir on its own AND we render the same CRDs: the install fails
+    # with "already exists". The CRDs live under files/crds instead.
+    assert not (CHART / "crds").exists()
+
+
+# --- NOTES ----------------------------------------------------------------------------------------
+
+
+def render_notes(helm: Path, tmp_path: Path, *set_args: str) -> str:
+    # `helm template` drops NOTES.txt and `helm install --dry-run` wants a cluster, so a copy of
+    # the chart gets one more template that includes NOTES.txt by its template name.
+    chart = tmp_path / "modelfleet"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data: {notes: {{ include "modelfleet/templates/NOTES.txt" . | quote }}}\n')
+    docs = template(helm, *set_args, chart=chart)
+    return str(one(docs, "ConfigMap")["data"]["notes"])
+
+
+def test_notes_say_what_to_apply_next(helm: Path, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path)
+    assert "kubectl -n modelfleet-system rollout status deployment/modelfleet" in notes
+    assert "kubectl apply" in notes
+    assert "kubectl get modeldeployments" in notes
+    assert "every namespace" in notes
+    assert "ghcr.io/modelfleet/runtime:0.1.0" in notes
+
+
+def test_notes_name_the_watched_namespaces(helm: Path, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path, "operator.scope=namespace",
+                         "operator.watchNamespaces={ml,ml-staging}")
+    assert "only in: ml, ml-staging" in notes
