@@ -80,3 +80,8 @@ clean: ## Remove the virtualenv and caches (not the cluster binary cache)
 .PHONY: serve-example
 serve-example: install ## Build the example model and serve it with the runtime (no cluster)
 	hack/serve-example
+
+.PHONY: chart-sync
+chart-sync: ## Copy the generated CRDs from crds/ into the Helm chart (a test checks they match)
+	rm -f charts/modelfleet/files/crds/*.yaml
+	cp crds/*.yaml charts/modelfleet/files/crds/
