@@ -114,3 +114,14 @@ def test_dockerignore_lets_every_copied_path_through(image: str) -> None:
             for src in rest.split()[:-1]:
                 assert (REPO / src).exists(), f"{image}: COPY {src} does not exist"
                 assert included(src.rstrip("/")), f"{image}: {src} is excluded by .dockerignore"
+
+
+def test_runtime_image_default_command_is_accepted_by_the_runtime_cli() -> None:
+    from modelfleet_runtime.cli import build_parser  # noqa: PLC0415 (the runtime's own parser)
+
+    entry = [rest for word, rest in final_stage(IMAGES["runtime"]) if word == "ENTRYPOINT"]
+    cmd = [rest for word, rest in final_stage(IMAGES["runtime"]) if word == "CMD"]
+    assert re.findall(r'"([^"]+)"', entry[-1]) == ["modelfleet-runtime"]
+    args = build_parser().parse_args(re.findall(r'"([^"]+)"', cmd[-1]))
+    assert args.command == "serve"
+    assert str(args.model_dir) == "/models"
