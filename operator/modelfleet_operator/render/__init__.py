@@ -1,0 +1,27 @@
+"""Pure renderers: a parsed spec in, plain manifest dicts out (one module per kind)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec import ModelDeploymentSpec
+from .common import Owner, RenderConfig
+from .deployment import Strategy, render_deployment
+from .hpa import render_hpa
+from .pdb import render_pdb
+from .service import render_service
+
+__all__ = ["Owner", "RenderConfig", "Strategy", "render_all"]
+
+
+def render_all(owner: Owner, spec: ModelDeploymentSpec, config: RenderConfig,
+               strategy: Strategy) -> list[dict[str, Any]]:
+    """Every child the ModelDeployment wants, in apply order."""
+    children = [
+        render_deployment(owner, spec, config, strategy),
+        render_service(owner, spec),
+        render_pdb(owner, spec),
+    ]
+    if spec.autoscaling is not None:
+        children.append(render_hpa(owner, spec))
+    return children

@@ -1,0 +1,452 @@
+"""Parse and default a ModelDeployment spec into frozen, typed objects (pure: no API calls).
+
+The apiserver already validates and defaults through the CRD schema (crd.py); this module
+checks the same rules again because an object can predate a stricter CRD, and because the
+renderers want typed values rather than dict lookups. Defaults live here and crd.py reads
+them, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+GROUP = "modelfleet.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+FORMATS = ("torchscript", "torch-export", "safetensors")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float16", "bfloat16")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+METRICS = ("concurrency", "rps", "cpu")
+STRATEGIES = ("Auto", "RollingUpdate", "Recreate")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+URI_SCHEMES = ("pvc", "http", "https", "s3", "file")
+SPREAD_WHEN = ("ScheduleAnyway", "DoNotSchedule")
+OVERLOAD_STATUSES = (503, 429)
+
+# Patterns shared with the CRD schema.
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+MIG_PATTERN = r"^[1-7]g\.[0-9]+gb(\+me)?$"
+URI_PATTERN = r"^(pvc|https?|s3|file)://.+"
+PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^/].*$"
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_NAME_LENGTH = 63
+
+DEFAULTS: dict[str, Any] = {
+    "model.format": "torchscript",
+    "model.version": "1",
+    "runtime.device": "auto",
+    "runtime.dtype": "float32",
+    "runtime.logLevel": "info",
+    "runtime.drainTimeoutSeconds": 30,
+    "runtime.startupTimeoutSeconds": 600,
+    "runtime.maxBodyBytes": 64 * 1024 * 1024,
+    "runtime.overloadStatus": 503,
+    "runtime.batching.maxBatchSize": 32,
+    "runtime.batching.maxDelayMilliseconds": 5.0,
+    "runtime.batching.maxQueueSize": 512,
+    "runtime.resources.cpu": "2",
+    "runtime.resources.memory": "8Gi",
+    "runtime.resources.shmSize": "1Gi",
+    "runtime.resources.modelCacheSize": "20Gi",
+    "replicas": 1,
+    "autoscaling.minReplicas": 1,
+    "autoscaling.metric": "concurrency",
+    "autoscaling.scaleUpStabilizationSeconds": 0,
+    "autoscaling.scaleDownStabilizationSeconds": 300,
+    "rollout.strategy": "Auto",
+    "rollout.progressDeadlineSeconds": 900,
+    "scheduling.topologySpread.topologyKey": "kubernetes.io/hostname",
+    "scheduling.topologySpread.maxSkew": 1,
+    "scheduling.topologySpread.whenUnsatisfiable": "ScheduleAnyway",
+    "service.port": 8080,
+    "service.type": "ClusterIP",
+}
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+
+
+class InvalidSpec(ValueError):
+    """The spec breaks a rule; ``field`` is the path (e.g. ``spec.gpu.mig``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    uri: str
+    format: str
+    name: str
+    version: str
+    entrypoint: str | None = None
+    digest: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
+    @property
+    def pvc_claim(self) -> str | None:
+        if self.scheme != "pvc":
+            return None
+        return self.uri[len("pvc://") :].split("/", 1)[0]
+
+    @property
+    def pvc_path(self) -> str | None:
+        if self.scheme != "pvc":
+            return None
+        return self.uri[len("pvc://") :].split("/", 1)[1].strip("/")
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int
+    max_delay_ms: float
+    max_queue_size: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str
+    memory: str
+    shm_size: str
+    model_cache_size: str
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    device: str
+    dtype: str
+    log_level: str
+    drain_timeout_s: int
+    startup_timeout_s: int
+    max_body_bytes: int
+    overload_status: int
+    batching: Batching
+    resources: Resources
+    image: str | None = None
+    image_pull_policy: str | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    count: int
+    products: tuple[str, ...] = ()
+    mig: str | None = None
+    min_memory_mib: int | None = None
+
+    @property
+    def resource(self) -> str:
+        """The extended resource a pod limits: whole GPUs or one MIG profile."""
+        return f"nvidia.com/mig-{self.mig}" if self.mig else GPU_RESOURCE
+
+    @property
+    def quantity(self) -> int:
+        return 1 if self.mig else self.count
+
+    def summary(self) -> str:
+        what = f"mig-{self.mig}" if self.mig else "GPU"
+        products = "|".join(_short_product(p) for p in self.products) if self.products else what
+        if self.mig:
+            return f"{self.quantity}x {what}" + (f" ({products})" if self.products else "")
+        return f"{self.quantity}x {products}"
+
+
+def _short_product(product: str) -> str:
+    # "NVIDIA-H100-80GB-HBM3" reads better as "H100-80GB-HBM3" in a narrow column.
+    return product.removeprefix("NVIDIA-")
+
+
+@dataclass(frozen=True)
+class AutoscalingSpec:
+    min_replicas: int
+    max_replicas: int
+    metric: str
+    target: float
+    scale_up_window_s: int
+    scale_down_window_s: int
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    strategy: str
+    progress_deadline_s: int
+
+
+@dataclass(frozen=True)
+class TopologySpread:
+    topology_key: str
+    max_skew: int
+    when_unsatisfiable: str
+
+
+@dataclass(frozen=True)
+class SchedulingSpec:
+    topology_spread: TopologySpread
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] | None = None
+    priority_class_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    port: int
+    type: str
+
+
+@dataclass(frozen=True)
+class ModelDeploymentSpec:
+    model: ModelSpec
+    runtime: RuntimeSpec
+    replicas: int
+    rollout: RolloutSpec
+    scheduling: SchedulingSpec
+    service: ServiceSpec
+    gpu: GPUSpec | None = None
+    autoscaling: AutoscalingSpec | None = None
+
+    def desired_replicas(self) -> int:
+        """Replicas the Deployment should run now.
+
+        With autoscaling on, the HPA writes spec.replicas through the scale subresource;
+        clamping to [min, max] only avoids a dip before the HPA's first decision.
+        """
+        if self.autoscaling is None:
+            return self.replicas
+        return max(self.autoscaling.min_replicas, min(self.autoscaling.max_replicas, self.replicas))
+
+
+class _Reader:
+    """Typed access to one level of the raw spec, with the path for error messages."""
+
+    def __init__(self, raw: Any, path: str) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise InvalidSpec(path, "must be an object")
+        self.raw: Mapping[str, Any] = raw
+        self.path = path
+
+    def _default(self, key: str) -> Any:
+        return DEFAULTS.get(f"{self.path.removeprefix('spec.')}.{key}".removeprefix("spec."))
+
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def child(self, key: str) -> _Reader:
+        return _Reader(self.raw.get(key), f"{self.path}.{key}")
+
+    def text(self, key: str, *, required: bool = False, choices: Sequence[str] = (),
+            pattern: str | None = None) -> str | None:
+        value = self.raw.get(key, self._default(key))
+        where = f"{self.path}.{key}"
+        if value is None:
+            if required:
+                raise InvalidSpec(where, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise InvalidSpec(where, "must be a string")
+        value = str(value)
+        if choices and value not in choices:
+            raise InvalidSpec(where, f"must be one of {', '.join(choices)} (got {value!r})")
+        if pattern and not re.match(pattern, value):
+            raise InvalidSpec(where, f"{value!r} does not match {pattern}")
+        return value
+
+    def integer(self, key: str, *, minimum: int | None = None, maximum: int | None = None,
+            required: bool = False) -> int | None:
+        value = self.raw.get(key, self._default(key))
+        where = f"{self.path}.{key}"
+        if value is None:
+            if required:
+                raise InvalidSpec(where, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidSpec(where, "must be an integer")
+        if minimum is not None and value < minimum:
+            raise InvalidSpec(where, f"must be >= {minimum} (got {value})")
+        if maximum is not None and value > maximum:
+            raise InvalidSpec(where, f"must be <= {maximum} (got {value})")
+        return value
+
+    def number(self, key: str, *, minimum: float | None = None, maximum: float | None = None,
+            required: bool = False, exclusive_minimum: bool = False) -> float | None:
+        value = self.raw.get(key, self._default(key))
+        where = f"{self.path}.{key}"
+        if value is None:
+            if required:
+                raise InvalidSpec(where, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidSpec(where, "must be a number")
+        if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
+            raise InvalidSpec(where, f"must be {'>' if exclusive_minimum else '>='} {minimum}")
+        if maximum is not None and value > maximum:
+            raise InvalidSpec(where, f"must be <= {maximum} (got {value})")
+        return float(value)
+
+    def quantity(self, key: str) -> str:
+        value = self.raw.get(key, self._default(key))
+        where = f"{self.path}.{key}"
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise InvalidSpec(where, "must be a quantity such as 2, 500m or 8Gi")
+        text = str(value)
+        if not re.match(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$", text):
+            raise InvalidSpec(where, f"{text!r} is not a quantity such as 2, 500m or 8Gi")
+        return text
+
+
+def _req(value: Any) -> Any:
+    assert value is not None  # guarded by required=True or a default
+    return value
+
+
+def parse_spec(raw: Mapping[str, Any] | None, *, name: str) -> ModelDeploymentSpec:
+    """Validate and default ``raw`` (the object's ``.spec``); ``name`` is metadata.name."""
+    if not re.match(NAME_PATTERN, name) or len(name) > MAX_NAME_LENGTH:
+        raise InvalidSpec("metadata.name", "must be a DNS-1035 label of at most 63 characters")
+    spec = _Reader(raw, "spec")
+    if not spec.has("model"):
+        raise InvalidSpec("spec.model", "is required")
+    model = _parse_model(spec.child("model"), name)
+    runtime = _parse_runtime(spec.child("runtime"))
+    gpu = _parse_gpu(spec.child("gpu")) if spec.has("gpu") else None
+    autoscaling = _parse_autoscaling(spec.child("autoscaling")) if spec.has("autoscaling") else None
+    if runtime.device == "cpu" and gpu is not None:
+        raise InvalidSpec("spec.runtime.device", "is cpu but spec.gpu requests GPUs; drop one")
+    if runtime.device == "cuda" and gpu is None:
+        raise InvalidSpec("spec.runtime.device", "is cuda but spec.gpu is not set")
+    rollout = spec.child("rollout")
+    sched = spec.child("scheduling")
+    spread = sched.child("topologySpread")
+    service = spec.child("service")
+    return ModelDeploymentSpec(
+        model=model,
+        runtime=runtime,
+        gpu=gpu,
+        replicas=_req(spec.integer("replicas", minimum=0, maximum=1000)),
+        autoscaling=autoscaling,
+        rollout=RolloutSpec(
+            strategy=_req(rollout.text("strategy", choices=STRATEGIES)),
+            progress_deadline_s=_req(rollout.integer("progressDeadlineSeconds", minimum=60)),
+        ),
+        scheduling=SchedulingSpec(
+            node_selector=dict(sched.raw.get("nodeSelector") or {}),
+            tolerations=tuple(sched.raw.get("tolerations") or ()),
+            affinity=sched.raw.get("affinity"),
+            priority_class_name=sched.text("priorityClassName"),
+            topology_spread=TopologySpread(
+                topology_key=_req(spread.text("topologyKey")),
+                max_skew=_req(spread.integer("maxSkew", minimum=1)),
+                when_unsatisfiable=_req(spread.text("whenUnsatisfiable", choices=SPREAD_WHEN)),
+            ),
+        ),
+        service=ServiceSpec(
+            port=_req(service.integer("port", minimum=1, maximum=65535)),
+            type=_req(service.text("type", choices=SERVICE_TYPES)),
+        ),
+    )
+
+
+def _parse_model(m: _Reader, default_name: str) -> ModelSpec:
+    uri = _req(m.text("uri", required=True))
+    if not re.match(URI_PATTERN, uri):
+        raise InvalidSpec("spec.model.uri", "must start with pvc://, http://, https://, s3:// or "
+                          f"file:// (got {uri!r})")
+    if uri.startswith("pvc://") and not re.match(PVC_URI_PATTERN, uri):
+        raise InvalidSpec("spec.model.uri", "a pvc:// URI is pvc://<claim>/<path>")
+    fmt = _req(m.text("format", choices=FORMATS))
+    entrypoint = m.text("entrypoint", pattern=ENTRYPOINT_PATTERN)
+    if fmt == "safetensors" and entrypoint is None:
+        raise InvalidSpec("spec.model.entrypoint",
+                          "is required for format safetensors (module:callable building the net)")
+    return ModelSpec(
+        uri=uri,
+        format=fmt,
+        entrypoint=entrypoint,
+        digest=m.text("digest", pattern=DIGEST_PATTERN),
+        name=m.text("name", pattern=MODEL_NAME_PATTERN) or default_name,
+        version=_req(m.text("version", pattern=MODEL_NAME_PATTERN)),
+    )
+
+
+def _parse_runtime(r: _Reader) -> RuntimeSpec:
+    b = r.child("batching")
+    res = r.child("resources")
+    batching = Batching(
+        max_batch_size=_req(b.integer("maxBatchSize", minimum=1, maximum=4096)),
+        max_delay_ms=_req(b.number("maxDelayMilliseconds", minimum=0, maximum=10_000)),
+        max_queue_size=_req(b.integer("maxQueueSize", minimum=1, maximum=1_000_000)),
+    )
+    if batching.max_queue_size < batching.max_batch_size:
+        raise InvalidSpec("spec.runtime.batching.maxQueueSize", "must be >= maxBatchSize")
+    return RuntimeSpec(
+        image=r.text("image"),
+        image_pull_policy=r.text("imagePullPolicy", choices=("Always", "IfNotPresent", "Never")),
+        device=_req(r.text("device", choices=DEVICES)),
+        dtype=_req(r.text("dtype", choices=DTYPES)),
+        threads=r.integer("threads", minimum=1, maximum=256),
+        log_level=_req(r.text("logLevel", choices=LOG_LEVELS)),
+        drain_timeout_s=_req(r.integer("drainTimeoutSeconds", minimum=1, maximum=3600)),
+        startup_timeout_s=_req(r.integer("startupTimeoutSeconds", minimum=10, maximum=7200)),
+        max_body_bytes=_req(r.integer("maxBodyBytes", minimum=1024)),
+        overload_status=_req(r.integer("overloadStatus")),
+        batching=batching,
+        resources=Resources(
+            cpu=res.quantity("cpu"),
+            memory=res.quantity("memory"),
+            shm_size=res.quantity("shmSize"),
+            model_cache_size=res.quantity("modelCacheSize"),
+        ),
+    )
+
+
+def _parse_gpu(g: _Reader) -> GPUSpec:
+    count = g.integer("count", minimum=1, maximum=16)
+    mig = g.text("mig", pattern=MIG_PATTERN)
+    if count is not None and mig is not None:
+        raise InvalidSpec("spec.gpu", "set count (whole GPUs) or mig (one MIG slice), not both")
+    products = g.raw.get("products") or []
+    if not isinstance(products, list) or not all(isinstance(p, str) and p for p in products):
+        raise InvalidSpec("spec.gpu.products", "must be a list of GPU product names")
+    return GPUSpec(
+        count=0 if mig else (count or 1),
+        mig=mig,
+        products=tuple(products),
+        min_memory_mib=g.integer("minMemoryMiB", minimum=1),
+    )
+
+
+def _parse_autoscaling(a: _Reader) -> AutoscalingSpec:
+    metric = _req(a.text("metric", choices=METRICS))
+    spec = AutoscalingSpec(
+        min_replicas=_req(a.integer("minReplicas", minimum=1, maximum=1000)),
+        max_replicas=_req(a.integer("maxReplicas", minimum=1, maximum=1000, required=True)),
+        metric=metric,
+        target=_req(a.number("target", minimum=0, exclusive_minimum=True, required=True)),
+        scale_up_window_s=_req(a.integer("scaleUpStabilizationSeconds", minimum=0,
+                                         maximum=3600)),
+        scale_down_window_s=_req(a.integer("scaleDownStabilizationSeconds", minimum=0,
+                                           maximum=3600)),
+    )
+    if spec.min_replicas > spec.max_replicas:
+        raise InvalidSpec("spec.autoscaling.minReplicas", "must be <= maxReplicas")
+    if metric == "cpu" and not 1 <= spec.target <= 1000:
+        raise InvalidSpec("spec.autoscaling.target", "for metric cpu is a utilization percent "
+                          "between 1 and 1000")
+    return spec

@@ -1,0 +1,342 @@
+"""Observed children and pods -> status and conditions (pure).
+
+Conditions follow the Kubernetes API conventions: a fixed set of types, CamelCase reasons
+that are constants (so alerts and tests can match them), messages for humans, and a
+lastTransitionTime that only moves when the status flips.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .render.deployment import CONTAINER, FETCH_CONTAINER, Strategy
+from .spec import InvalidSpec, ModelDeploymentSpec
+
+READY = "Ready"
+AVAILABLE = "Available"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+CONDITION_TYPES = (READY, AVAILABLE, PROGRESSING, DEGRADED)
+
+
+class Reason:
+    ALL_READY = "AllReplicasReady"
+    INVALID_SPEC = "InvalidSpec"
+    INSUFFICIENT_GPU = "InsufficientGPU"
+    GPU_PRODUCT_UNAVAILABLE = "GPUProductUnavailable"
+    MODEL_PVC_NOT_FOUND = "ModelPVCNotFound"
+    MODEL_LOAD_FAILED = "ModelLoadFailed"
+    MODEL_FETCH_FAILED = "ModelFetchFailed"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    UNSCHEDULABLE = "Unschedulable"
+    APPLY_FAILED = "ApplyFailed"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    ROLLOUT_IN_PROGRESS = "RolloutInProgress"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    REPLICAS_NOT_READY = "ReplicasNotReady"
+    WAITING_FOR_DEPLOYMENT = "WaitingForDeployment"
+    SCALED_TO_ZERO = "ScaledToZero"
+    MIN_AVAILABLE = "MinimumReplicasAvailable"
+    NO_REPLICAS_AVAILABLE = "NoReplicasAvailable"
+    AS_EXPECTED = "AsExpected"
+
+
+# Worst first: the first problem found names the Ready/Degraded reason.
+_SEVERITY = [
+    Reason.APPLY_FAILED,
+    Reason.GPU_PRODUCT_UNAVAILABLE,
+    Reason.MODEL_PVC_NOT_FOUND,
+    Reason.IMAGE_PULL_FAILED,
+    Reason.MODEL_FETCH_FAILED,
+    Reason.MODEL_LOAD_FAILED,
+    Reason.INSUFFICIENT_GPU,
+    Reason.UNSCHEDULABLE,
+    Reason.PROGRESS_DEADLINE_EXCEEDED,
+]
+MAX_MESSAGE = 1000
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition that changed; becomes an Event."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+
+    @property
+    def event_type(self) -> str:
+        bad = (self.type == DEGRADED and self.status == "True") or (
+            self.type in (READY, AVAILABLE) and self.status == "False"
+            and self.reason in [*_SEVERITY, Reason.INVALID_SPEC, Reason.NO_REPLICAS_AVAILABLE])
+        return "Warning" if bad else "Normal"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the status is computed from."""
+
+    generation: int
+    selector: str
+    spec: ModelDeploymentSpec | None = None
+    invalid: InvalidSpec | None = None
+    url: str | None = None
+    deployment: Mapping[str, Any] | None = None
+    pods: Sequence[Mapping[str, Any]] = ()
+    problems: Sequence[Problem] = ()  # judged by the operator (cluster facts, API errors)
+    strategy: Strategy | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_NODES_RE = re.compile(r"^(\d+)/(\d+) nodes are available")
+
+
+def _pending_problem(pod: Mapping[str, Any], spec: ModelDeploymentSpec | None) -> Problem | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") != "PodScheduled" or cond.get("status") != "False":
+            continue
+        message = str(cond.get("message") or "")
+        if cond.get("reason") not in ("Unschedulable", None) and not message:
+            return None
+        lower = message.lower()
+        if "persistentvolumeclaim" in lower and "not found" in lower:
+            return Problem(Reason.MODEL_PVC_NOT_FOUND, _truncate(message))
+        gpu = spec.gpu if spec else None
+        if gpu is not None and f"Insufficient {gpu.resource}" in message:
+            m = _NODES_RE.match(message)
+            total = m.group(2) if m else "?"
+            product = f" of product {'|'.join(gpu.products)}" if gpu.products else ""
+            return Problem(Reason.INSUFFICIENT_GPU, _truncate(
+                f"0/{total} nodes have {gpu.quantity} free {gpu.resource}{product} "
+                f"(scheduler: {message})"))
+        return Problem(Reason.UNSCHEDULABLE, _truncate(message or "pod cannot be scheduled"))
+    return None
+
+
+def _container_problem(pod: Mapping[str, Any]) -> Problem | None:
+    status = pod.get("status") or {}
+    groups = ((status.get("initContainerStatuses") or [], True),
+              (status.get("containerStatuses") or [], False))
+    for statuses, is_init in groups:
+        for cs in statuses:
+            state = cs.get("state") or {}
+            waiting = state.get("waiting") or {}
+            if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                return Problem(Reason.IMAGE_PULL_FAILED, _truncate(
+                    f"{cs.get('name')}: {waiting.get('message') or waiting.get('reason')}"))
+            terminated = state.get("terminated") or {}
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            crashed = waiting.get("reason") == "CrashLoopBackOff" or (
+                terminated and terminated.get("exitCode", 0) != 0)
+            if not crashed:
+                continue
+            info = terminated if terminated.get("exitCode") else last
+            detail = str(info.get("message") or "").strip() or (
+                f"exit code {info.get('exitCode', '?')} ({info.get('reason') or 'Error'})")
+            fetch = is_init or cs.get("name") == FETCH_CONTAINER
+            reason = Reason.MODEL_FETCH_FAILED if fetch else Reason.MODEL_LOAD_FAILED
+            what = "model fetch failed" if fetch else "model server exited"
+            restarts = cs.get("restartCount", 0)
+            return Problem(reason, _truncate(
+                f"{what} ({cs.get('name') or CONTAINER}, {restarts} restarts): {detail}"))
+    return None
+
+
+def diagnose_pods(pods: Sequence[Mapping[str, Any]],
+                  spec: ModelDeploymentSpec | None) -> list[Problem]:
+    """One problem per distinct reason, from pods that are not being deleted."""
+    found: dict[str, Problem] = {}
+    counts: dict[str, int] = {}
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        phase = (pod.get("status") or {}).get("phase")
+        problem = _container_problem(pod)
+        if problem is None and phase == "Pending":
+            problem = _pending_problem(pod, spec)
+        if problem is not None:
+            found.setdefault(problem.reason, problem)
+            counts[problem.reason] = counts.get(problem.reason, 0) + 1
+    out = []
+    for reason, problem in found.items():
+        n = counts[reason]
+        prefix = f"{n} pods: " if n > 1 else ""
+        out.append(Problem(reason, _truncate(prefix + problem.message)))
+    return out
+
+
+def _sort_problems(problems: Sequence[Problem]) -> list[Problem]:
+    def key(p: Problem) -> int:
+        return _SEVERITY.index(p.reason) if p.reason in _SEVERITY else len(_SEVERITY)
+    return sorted(problems, key=key)
+
+
+def _cond(type_: str, status: bool | str, reason: str, message: str,
+          generation: int) -> dict[str, Any]:
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    return {"type": type_, "status": value, "reason": reason, "message": _truncate(message),
+            "observedGeneration": generation}
+
+
+def _deployment_numbers(dep: Mapping[str, Any] | None) -> dict[str, int]:
+    st = (dep or {}).get("status") or {}
+    return {k: int(st.get(k) or 0) for k in
+            ("replicas", "readyReplicas", "updatedReplicas", "availableReplicas")}
+
+
+def _deadline_exceeded(dep: Mapping[str, Any] | None) -> str | None:
+    for cond in ((dep or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return str(cond.get("message") or "rollout made no progress")
+    return None
+
+
+def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
+                   now: str) -> tuple[dict[str, Any], list[Transition]]:
+    """The new .status and the condition transitions (for Events)."""
+    previous = previous or {}
+    spec = obs.spec
+    dep = obs.deployment
+    nums = _deployment_numbers(dep)
+    dep_spec = (dep or {}).get("spec") or {}
+    desired = spec.desired_replicas() if spec is not None else int(dep_spec.get("replicas") or 0)
+    dep_current = dep is not None and int(((dep.get("status") or {}).get("observedGeneration"))
+                                          or 0) >= int((dep.get("metadata") or {})
+                                                       .get("generation") or 0)
+    problems = list(obs.problems) + diagnose_pods(obs.pods, spec)
+    deadline = _deadline_exceeded(dep)
+    if deadline:
+        problems.append(Problem(Reason.PROGRESS_DEADLINE_EXCEEDED, deadline))
+    problems = _sort_problems(problems)
+    gen = obs.generation
+    ready, avail, updated, total = (nums["readyReplicas"], nums["availableReplicas"],
+                                    nums["updatedReplicas"], nums["replicas"])
+    settled = (dep is not None and dep_current and updated >= desired and ready >= desired
+               and total <= desired)
+    strategy_text = (f"{obs.strategy.describe()}: {obs.strategy.reason}"
+                     if obs.strategy else previous.get("rolloutStrategy"))
+
+    # Ready
+    if obs.invalid is not None:
+        ready_c = _cond(READY, False, Reason.INVALID_SPEC, str(obs.invalid), gen)
+    elif problems:
+        ready_c = _cond(READY, False, problems[0].reason, problems[0].message, gen)
+    elif desired == 0:
+        ready_c = _cond(READY, False, Reason.SCALED_TO_ZERO, "spec.replicas is 0", gen)
+    elif dep is None:
+        ready_c = _cond(READY, False, Reason.WAITING_FOR_DEPLOYMENT,
+                        "waiting for the Deployment to be created", gen)
+    elif settled:
+        ready_c = _cond(READY, True, Reason.ALL_READY,
+                        f"{ready}/{desired} replicas ready", gen)
+    elif not dep_current or updated < desired or total > desired:
+        ready_c = _cond(READY, False, Reason.ROLLOUT_IN_PROGRESS,
+                        f"{updated}/{desired} replicas updated, {ready} ready, {total} total"
+                        + (f"; {strategy_text}" if strategy_text else ""), gen)
+    else:
+        ready_c = _cond(READY, False, Reason.REPLICAS_NOT_READY,
+                        f"{ready}/{desired} replicas ready (waiting for model load)", gen)
+
+    # Available: is anything serving?
+    if desired == 0 and avail == 0:
+        avail_c = _cond(AVAILABLE, False, Reason.SCALED_TO_ZERO, "no replicas requested", gen)
+    elif avail >= 1:
+        avail_c = _cond(AVAILABLE, True, Reason.MIN_AVAILABLE,
+                        f"{avail}/{desired} replicas available", gen)
+    else:
+        avail_c = _cond(AVAILABLE, False, Reason.NO_REPLICAS_AVAILABLE,
+                        f"0/{desired} replicas available", gen)
+
+    # Progressing: is a rollout or scale change under way?
+    if obs.invalid is not None:
+        prog_c = _cond(PROGRESSING, False, Reason.INVALID_SPEC,
+                       "not rolling out an invalid spec", gen)
+    elif deadline:
+        prog_c = _cond(PROGRESSING, False, Reason.PROGRESS_DEADLINE_EXCEEDED, deadline, gen)
+    elif dep is not None and dep_current and updated >= desired and total <= desired and (
+            ready >= desired):
+        prog_c = _cond(PROGRESSING, False, Reason.ROLLOUT_COMPLETE,
+                       f"{updated}/{desired} replicas run the current spec", gen)
+    else:
+        prog_c = _cond(PROGRESSING, True, Reason.ROLLOUT_IN_PROGRESS,
+                       f"{updated}/{desired} updated, {ready} ready"
+                       + (f"; {strategy_text}" if strategy_text else ""), gen)
+
+    # Degraded: something is wrong that will not fix itself by waiting a little.
+    if obs.invalid is not None:
+        deg_c = _cond(DEGRADED, True, Reason.INVALID_SPEC, str(obs.invalid), gen)
+    elif problems:
+        deg_c = _cond(DEGRADED, True, problems[0].reason,
+                      "; ".join(f"{p.reason}: {p.message}" for p in problems), gen)
+    else:
+        deg_c = _cond(DEGRADED, False, Reason.AS_EXPECTED, "", gen)
+
+    prev_conds = {c.get("type"): c for c in previous.get("conditions") or []}
+    conditions = []
+    transitions = []
+    for cond in (ready_c, avail_c, prog_c, deg_c):
+        old = prev_conds.get(cond["type"])
+        if old is not None and old.get("status") == cond["status"]:
+            cond["lastTransitionTime"] = old.get("lastTransitionTime") or now
+        else:
+            cond["lastTransitionTime"] = now
+        if old is None or old.get("status") != cond["status"] or (
+                old.get("reason") != cond["reason"] and cond["type"] in (READY, DEGRADED)):
+            transitions.append(Transition(cond["type"], cond["status"], cond["reason"],
+                                          cond["message"]))
+        conditions.append(cond)
+
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "conditions": conditions,
+        "replicas": total,
+        "readyReplicas": ready,
+        "updatedReplicas": updated,
+        "availableReplicas": avail,
+        "selector": obs.selector,
+        "rolloutStrategy": strategy_text,
+    }
+    if spec is not None:
+        status["url"] = obs.url
+        status["model"] = {"name": spec.model.name, "version": spec.model.version,
+                           "digest": spec.model.digest}
+        status["summary"] = {
+            "replicas": f"{ready}/{desired}",
+            "gpu": spec.gpu.summary() if spec.gpu else "none",
+            "model": f"{spec.model.name}:{spec.model.version}",
+        }
+    else:
+        # Keep describing what still runs: the Deployment keeps the last valid spec.
+        for key in ("url", "model", "summary"):
+            if key in previous:
+                status[key] = previous[key]
+    return status, transitions
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value
+
+
+def status_changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether writing ``new`` would change anything (keys we do not own are ignored)."""
+    prev = _strip_none(dict(previous or {}))
+    return any(prev.get(k) != _strip_none(v) for k, v in new.items())
