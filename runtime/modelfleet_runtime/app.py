@@ -1,0 +1,403 @@
+"""The serving application: OIP v2 routes, the infer path, loading and the SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import __version__
+from .batching import Batcher
+from .config import ServeConfig, write_termination_log
+from .errors import (
+    BadRequest,
+    LoadError,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    ServingError,
+    Unavailable,
+)
+from .httpparse import Request
+from .httpserver import HttpServer, Respond, Response
+from .manifest import Manifest, load_manifest
+from .metrics import Metrics
+from .model import PLATFORMS, LoadOptions, Model, load
+from .protocol import InferRequest, decode_infer, dumps, encode_response
+
+log = logging.getLogger("modelfleet_runtime")
+
+TIMEOUT_HEADER = "modelfleet-timeout-ms"
+_TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BF16": "TYPE_BF16",
+}  # fmt: skip
+
+
+def error_body(message: str) -> bytes:
+    return dumps({"error": message})
+
+
+def _json(status: int, doc: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, dumps(doc), headers=headers)
+
+
+def _error(exc: BaseException) -> Response:
+    if isinstance(exc, ServingError):
+        return Response(exc.status, error_body(exc.message), headers=tuple(exc.headers.items()))
+    log.error("unexpected error: %r", exc)
+    return Response(500, error_body(f"internal error: {type(exc).__name__}: {exc}"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    name: str
+    version: str
+    manifest: Manifest
+
+
+def resolve_identity(cfg: ServeConfig) -> Identity:
+    manifest = load_manifest(cfg.model_dir)
+    if cfg.format:
+        manifest = dataclasses.replace(manifest, format=cfg.format)
+    if cfg.entrypoint:
+        manifest = dataclasses.replace(manifest, entrypoint=cfg.entrypoint)
+    name = cfg.name or manifest.name or cfg.model_dir.resolve().name
+    version = cfg.version or manifest.version or "1"
+    return Identity(name, version, manifest)
+
+
+class App:
+    def __init__(
+        self, cfg: ServeConfig, ident: Identity, metrics: Metrics, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.cfg = cfg
+        self.name = ident.name
+        self.version = ident.version
+        self.manifest = ident.manifest
+        self.metrics = metrics
+        self.loop = loop
+        self.model: Model | None = None
+        self.batcher: Batcher[InferRequest, list[torch.Tensor]] | None = None
+        self.ready = False
+        self._routes: dict[str, Callable[[], Response]] = {
+            "/v2/health/live": lambda: _json(200, {"live": True}),
+            "/v2/health/ready": self._health_ready,
+            "/v2": self._server_metadata,
+            "/metrics": self._metrics,
+        }
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def handle(self, req: Request, respond: Respond) -> None:
+        path = req.path
+        try:
+            if path.startswith("/v2/models/"):
+                self._model_route(req, respond, path)
+                return
+            route = self._routes.get(path.rstrip("/") or "/")
+            if route is None:
+                raise NotFound(f"no route for {path}")
+            if req.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{req.method} not allowed on {path}")
+            respond(route())
+        except ServingError as exc:
+            respond(_error(exc))
+
+    def _model_route(self, req: Request, respond: Respond, path: str) -> None:
+        parts = path[len("/v2/models/") :].split("/")
+        name, rest = parts[0], parts[1:]
+        version: str | None = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = rest[1], rest[2:]
+        if len(rest) > 1 or (rest and rest[0] not in ("infer", "ready", "config", "")):
+            raise NotFound(f"no route for {path}")
+        action = rest[0] if rest else ""
+        infer = action == "infer"
+        if name != self.name:
+            if infer:
+                self.metrics.request_done(404, 0.0)
+            raise NotFound(f'unknown model "{name}"; this server serves "{self.name}"')
+        if version is not None and version != self.version:
+            if infer:
+                self.metrics.request_done(404, 0.0)
+            raise NotFound(
+                f'unknown version "{version}" of model "{name}"; served version is '
+                f'"{self.version}"'
+            )
+        if infer:
+            if req.method != "POST":
+                raise MethodNotAllowed("infer needs POST")
+            self._infer(req, respond)
+            return
+        if req.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"{req.method} not allowed on {path}")
+        if action == "ready":
+            respond(_json(200 if self.ready else 503, {
+                "name": self.name, "version": self.version, "ready": self.ready,
+            }))  # fmt: skip
+        elif action == "config":
+            respond(_json(200, self._config()))
+        else:
+            respond(_json(200, self._model_metadata()))
+
+    # -- infer -------------------------------------------------------------------------------
+
+    def _infer(self, req: Request, respond: Respond) -> None:
+        started = time.perf_counter()
+        metrics = self.metrics
+        try:
+            batcher = self.batcher
+            if batcher is None:
+                raise Unavailable("model is not loaded yet")
+            header_len: int | None = None
+            raw_len = req.headers.get("inference-header-content-length")
+            if raw_len is not None:
+                if not raw_len.isdigit():
+                    raise BadRequest("Inference-Header-Content-Length must be an integer")
+                header_len = int(raw_len)
+            ir = decode_infer(req.body, header_len, self.manifest)
+            timeout_s = ir.timeout_s
+            raw_timeout = req.headers.get(TIMEOUT_HEADER)
+            if raw_timeout is not None:
+                try:
+                    header_s = float(raw_timeout) / 1000.0
+                except ValueError:
+                    raise BadRequest(f"{TIMEOUT_HEADER} must be a number") from None
+                if header_s > 0:
+                    timeout_s = header_s if timeout_s is None else min(timeout_s, header_s)
+        except ServingError as exc:
+            metrics.request_done(exc.status, time.perf_counter() - started)
+            raise
+
+        timer: list[asyncio.TimerHandle] = []
+
+        def done(
+            outputs: list[torch.Tensor] | None,
+            error: BaseException | None,
+            queue_s: float,
+            compute_s: float,
+        ) -> None:
+            metrics.inflight.dec()
+            if timer:
+                timer[0].cancel()
+            if error is not None or outputs is None:
+                resp = _error(error or RuntimeError("no result"))
+            else:
+                try:
+                    body, header_len = encode_response(
+                        self.name, self.version, ir, outputs, self.manifest
+                    )
+                except Exception as exc:
+                    resp = _error(exc)
+                else:
+                    if header_len is None:
+                        resp = Response(200, body)
+                    else:
+                        resp = Response(200, body, "application/octet-stream", (
+                            ("Inference-Header-Content-Length", str(header_len)),
+                        ))  # fmt: skip
+            metrics.queue_seconds.observe(queue_s)
+            metrics.request_done(resp.status, time.perf_counter() - started)
+            respond(resp)
+
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        try:
+            ticket = batcher.submit(ir, ir.rows, done, deadline)
+        except Overloaded as exc:
+            metrics.request_done(exc.status, time.perf_counter() - started)
+            raise
+        metrics.inflight.inc()
+        if timeout_s:
+            timer.append(self.loop.call_later(timeout_s, batcher.expire, ticket))
+
+    # -- documents ---------------------------------------------------------------------------
+
+    def _health_ready(self) -> Response:
+        return _json(200 if self.ready else 503, {"ready": self.ready})
+
+    def _server_metadata(self) -> Response:
+        return _json(200, {
+            "name": "modelfleet",
+            "version": __version__,
+            "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+        })  # fmt: skip
+
+    def _metrics(self) -> Response:
+        return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+    def _model_metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": PLATFORMS[self.manifest.format],
+            "inputs": [t.to_json() for t in self.manifest.inputs],
+            "outputs": [t.to_json() for t in self.manifest.outputs],
+        }
+
+    def _config(self) -> dict[str, Any]:
+        """Triton-style model configuration (Triton's tools read it)."""
+        batched = self.manifest.batched
+        max_batch = self.cfg.max_batch_size if batched else 0
+
+        def dims(shape: tuple[int, ...]) -> list[int]:
+            return list(shape[1:] if batched else shape)
+
+        return {
+            "name": self.name,
+            "platform": PLATFORMS[self.manifest.format],
+            "backend": "pytorch",
+            "version_policy": {"specific": {"versions": [self.version]}},
+            "max_batch_size": max_batch,
+            "input": [
+                {"name": t.name, "data_type": _TRITON_TYPES[t.datatype], "dims": dims(t.shape)}
+                for t in self.manifest.inputs
+            ],
+            "output": [
+                {"name": t.name, "data_type": _TRITON_TYPES[t.datatype], "dims": dims(t.shape)}
+                for t in self.manifest.outputs
+            ],
+            "dynamic_batching": {
+                "max_queue_delay_microseconds": int(self.cfg.max_batch_delay_ms * 1000),
+                "default_queue_policy": {"max_queue_size": self.cfg.max_queue_size},
+            },
+        }
+
+
+# -- process lifecycle -----------------------------------------------------------------------
+
+
+def _load_in_thread(
+    loop: asyncio.AbstractEventLoop, opts: LoadOptions, digest: str | None
+) -> asyncio.Future[tuple[Model, float]]:
+    """A daemon thread, so a SIGTERM during a long load does not wait for it."""
+    fut: asyncio.Future[tuple[Model, float]] = loop.create_future()
+
+    def settle(result: tuple[Model, float] | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            assert result is not None
+            fut.set_result(result)
+
+    def work() -> None:
+        try:
+            result = load(opts, digest)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=work, name="modelfleet-load", daemon=True).start()
+    return fut
+
+
+async def serve(cfg: ServeConfig, ident: Identity) -> int:
+    loop = asyncio.get_running_loop()
+    metrics = Metrics(ident.name, ident.version)
+    app = App(cfg, ident, metrics, loop)
+    http = HttpServer(app.handle, max_body_bytes=cfg.max_body_bytes, error_body=error_body)
+    try:
+        await http.listen(cfg.host, cfg.port)
+    except OSError as exc:
+        reason = f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
+        log.error(reason)
+        write_termination_log(reason)
+        return 1
+    log.info("listening on %s:%d; loading %s model %s version %s from %s", cfg.host, cfg.port,
+             ident.manifest.format, ident.name, ident.version, cfg.model_dir)  # fmt: skip
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    opts = LoadOptions(cfg.model_dir, ident.manifest, cfg.device, cfg.dtype, cfg.max_batch_size)
+    loading = _load_in_thread(loop, opts, cfg.digest)
+    stopping = asyncio.ensure_future(stop.wait())
+    waiting: list[asyncio.Future[Any]] = [loading, stopping]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if not loading.done():
+        log.info("stopped while loading")
+        http.start_drain()
+        return 0
+    try:
+        model, seconds = loading.result()
+    except LoadError as exc:
+        reason = f"model failed to load: {exc}"
+        log.error(reason)
+        write_termination_log(reason)
+        return 1
+    except Exception as exc:
+        reason = f"model failed to load: {type(exc).__name__}: {exc}"
+        log.exception(reason)
+        write_termination_log(reason)
+        return 1
+
+    threads = cfg.threads
+
+    def post(fn: Callable[[], None]) -> None:
+        loop.call_soon_threadsafe(fn)
+
+    batcher: Batcher[InferRequest, list[torch.Tensor]] = Batcher(
+        model.run_batch,
+        post=post,
+        max_batch_size=model.max_batch_size,
+        max_delay_s=cfg.max_batch_delay_ms / 1000.0,
+        max_queue_size=cfg.max_queue_size,
+        overload_status=cfg.overload_status,
+        observer=metrics,
+        thread_init=(lambda: torch.set_num_threads(threads)) if threads else None,
+    )
+    batcher.start()
+    if model.device.type == "cuda":
+        metrics.watch_gpu(model.device.index or 0)
+    metrics.load_seconds.set(seconds)
+    app.model, app.batcher = model, batcher
+    app.ready = True
+    metrics.ready.set(1)
+    log.info("ready in %.2fs (device %s, max batch %d)", seconds, model.device,
+             model.max_batch_size)  # fmt: skip
+
+    await stopping
+    # SIGTERM: not ready at once, stop accepting, answer everything accepted, then exit 0.
+    app.ready = False
+    metrics.ready.set(0)
+    http.start_drain()
+    deadline = loop.time() + cfg.drain_timeout
+    log.info("draining: %d requests in flight", http.inflight)
+    while (http.inflight or http.connections) and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+    if http.inflight:
+        log.warning("drain timeout: %d requests unanswered", http.inflight)
+    http.close_all()
+    batcher.stop(timeout=max(0.0, deadline - loop.time()))
+    log.info("drained; exiting")
+    return 0
+
+
+def run(cfg: ServeConfig) -> int:
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        ident = resolve_identity(cfg)
+    except LoadError as exc:
+        reason = f"model failed to load: {exc}"
+        log.error(reason)
+        write_termination_log(reason)
+        return 1
+    return asyncio.run(serve(cfg, ident))

@@ -1,0 +1,210 @@
+"""asyncio HTTP/1.1 server: keep-alive, pipelined responses in order, graceful drain.
+
+Handlers get the request and a ``respond`` callback that they call exactly once, now or
+later (after the batcher answers): no task per request, which keeps the per-request cost low.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+
+from .httpparse import HttpError, Request, RequestParser
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_MAX_PIPELINE = 64  # stop reading from a client that has this many answers outstanding
+
+
+@dataclasses.dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Respond = Callable[[Response], None]
+Handler = Callable[[Request, Respond], None]
+
+
+def _serialize(resp: Response, close: bool) -> bytes:
+    head = [
+        f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Unknown')}\r\n"
+        f"Content-Type: {resp.content_type}\r\nContent-Length: {len(resp.body)}\r\n"
+    ]
+    for name, value in resp.headers:
+        head.append(f"{name}: {value}\r\n")
+    if close:
+        head.append("Connection: close\r\n")
+    head.append("\r\n")
+    return "".join(head).encode("latin-1") + resp.body
+
+
+class HttpServer:
+    """Owns the connections; counts requests in flight for the drain."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body_bytes: int,
+        error_body: Callable[[str], bytes],
+    ) -> None:
+        self.handler = handler
+        self.max_body_bytes = max_body_bytes
+        self.error_body = error_body
+        self.connections: set[Connection] = set()
+        self.inflight = 0
+        self.draining = False
+        self._server: asyncio.Server | None = None
+
+    async def listen(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self), host, port, reuse_address=True, backlog=2048
+        )
+        return self._server
+
+    def start_drain(self) -> None:
+        """Stop accepting connections; answer what is in flight, then let connections close."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+
+    def close_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.parser = RequestParser(max_body_bytes=server.max_body_bytes)
+        self.transport: asyncio.Transport | None = None
+        # One slot per request in arrival order; answers are written strictly in that order.
+        self.pending: list[list[bytes | None]] = []
+        self.closing = False
+        self.paused = False
+        self.continue_sent = False
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.add(self)
+        if self.server.draining:
+            self.closing = True
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        parser = self.parser
+        parser.feed(data)
+        while not self.closing:
+            try:
+                req = parser.next()
+            except HttpError as exc:
+                self._fail(exc)
+                return
+            if req is None:
+                if parser.expects_continue and not self.continue_sent and self.transport:
+                    self.continue_sent = True
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                return
+            self.continue_sent = False
+            self._dispatch(req)
+            if len(self.pending) >= _MAX_PIPELINE and self.transport and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+
+    def pause_writing(self) -> None:  # the client reads slower than we answer
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._maybe_resume()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _dispatch(self, req: Request) -> None:
+        slot: list[bytes | None] = [None]
+        self.pending.append(slot)
+        server = self.server
+        server.inflight += 1
+        keep_alive = req.keep_alive
+        if not keep_alive:
+            self.closing = True  # read no further requests from this connection
+        answered = False
+
+        def respond(resp: Response) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            server.inflight -= 1
+            slot[0] = _serialize(resp, not keep_alive or server.draining)
+            self._flush()
+
+        try:
+            server.handler(req, respond)
+        except Exception:
+            log.exception("handler failed for %s %s", req.method, req.target)
+            respond(Response(500, server.error_body("internal server error")))
+
+    def _flush(self) -> None:
+        pending = self.pending
+        transport = self.transport
+        n = 0
+        while n < len(pending) and pending[n][0] is not None:
+            n += 1
+        if not n:
+            return
+        chunks = [slot[0] for slot in pending[:n]]
+        del pending[:n]
+        if transport is None or transport.is_closing():
+            return
+        transport.write(chunks[0] if n == 1 else b"".join(chunks))  # type: ignore[arg-type]
+        if not pending and (self.closing or self.server.draining):
+            if self.server.draining and not self.parser.idle and not self.closing:
+                return  # a request is arriving: let it finish, its answer will close
+            self.closing = True
+            transport.close()
+            return
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        if self.paused and self.transport is not None and len(self.pending) < _MAX_PIPELINE // 2:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _fail(self, exc: HttpError) -> None:
+        """Unreadable request: answer it after the ones before it, then close."""
+        self.closing = True
+        slot: list[bytes | None] = [None]
+        self.pending.append(slot)
+        slot[0] = _serialize(Response(exc.status, self.server.error_body(exc.message)), True)
+        self._flush()
+
+    def close_if_idle(self) -> None:
+        if not self.pending and self.parser.idle and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
