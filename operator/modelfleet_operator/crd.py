@@ -168,8 +168,9 @@ def runtime_schema() -> Schema:
                                       enum=["Always", "IfNotPresent", "Never"]),
             "device": string("Where the model runs: auto picks cuda when a GPU is visible.",
                              enum=list(DEVICES), **_d("runtime.device")),
-            "dtype": string("Floating point type the model is cast to on load.",
-                            enum=list(DTYPES), **_d("runtime.dtype")),
+            "dtype": string("Floating point type the weights and inputs are cast to on "
+                            "load; unset keeps the dtype the model was saved in.",
+                            enum=list(DTYPES)),
             "threads": integer("Torch intra-op threads; default derives from the CPU request.",
                                minimum=1, maximum=256),
             "logLevel": string("Runtime log level.", enum=list(LOG_LEVELS),

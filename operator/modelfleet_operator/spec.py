@@ -44,7 +44,6 @@ DEFAULTS: dict[str, Any] = {
     "model.format": "torchscript",
     "model.version": "1",
     "runtime.device": "auto",
-    "runtime.dtype": "float32",
     "runtime.logLevel": "info",
     "runtime.drainTimeoutSeconds": 30,
     "runtime.startupTimeoutSeconds": 600,
@@ -129,7 +128,6 @@ class Resources:
 @dataclass(frozen=True)
 class RuntimeSpec:
     device: str
-    dtype: str
     log_level: str
     drain_timeout_s: int
     startup_timeout_s: int
@@ -137,6 +135,7 @@ class RuntimeSpec:
     overload_status: int
     batching: Batching
     resources: Resources
+    dtype: str | None = None  # None: keep the dtype the model was saved in
     image: str | None = None
     image_pull_policy: str | None = None
     threads: int | None = None
@@ -399,7 +398,7 @@ def _parse_runtime(r: _Reader) -> RuntimeSpec:
         image=r.text("image"),
         image_pull_policy=r.text("imagePullPolicy", choices=("Always", "IfNotPresent", "Never")),
         device=_req(r.text("device", choices=DEVICES)),
-        dtype=_req(r.text("dtype", choices=DTYPES)),
+        dtype=r.text("dtype", choices=DTYPES),
         threads=r.integer("threads", minimum=1, maximum=256),
         log_level=_req(r.text("logLevel", choices=LOG_LEVELS)),
         drain_timeout_s=_req(r.integer("drainTimeoutSeconds", minimum=1, maximum=3600)),

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from operator_samples import md
-
 from modelfleet_operator import crd
 from modelfleet_operator.spec import parse_spec
+from operator_samples import md
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from operator_samples import H100, md
-
 from modelfleet_operator.spec import DEFAULTS, InvalidSpec, parse_spec
+from operator_samples import H100, md
 
 
 def parse(spec: dict[str, Any] | None = None, name: str = "resnet") -> Any:

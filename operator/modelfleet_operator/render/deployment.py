@@ -122,7 +122,10 @@ def serve_args(spec: ModelDeploymentSpec) -> list[str]:
         args += ["--digest", m.digest]
     args += [
         "--device", r.device,
-        "--dtype", r.dtype,
+    ]
+    if r.dtype:
+        args += ["--dtype", r.dtype]
+    args += [
         "--max-batch-size", str(r.batching.max_batch_size),
         "--max-batch-delay-ms", _num(r.batching.max_delay_ms),
         "--max-queue-size", str(r.batching.max_queue_size),
