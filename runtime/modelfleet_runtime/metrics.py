@@ -30,7 +30,7 @@ OUTCOMES = {
 
 class Metrics:
     def __init__(self, model: str, version: str) -> None:
-        disable_created_metrics()  # *_created series only add scrape weight
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: scrape weight
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         labels = ("model", "version")
