@@ -35,6 +35,7 @@ from .protocol import InferRequest, decode_infer, dumps, encode_response
 log = logging.getLogger("modelfleet_runtime")
 
 TIMEOUT_HEADER = "modelfleet-timeout-ms"
+IDLE_GRACE_S = 0.2
 _TRITON_TYPES = {
     "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
     "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
@@ -374,9 +375,15 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
     app.ready = False
     metrics.ready.set(0)
     http.start_drain()
-    deadline = loop.time() + cfg.drain_timeout
+    now = loop.time()
+    deadline = now + cfg.drain_timeout
+    # Keep-alive connections may carry a request already on the wire; give them a moment
+    # (answered with "Connection: close") before closing the idle ones.
+    grace_end = now + min(IDLE_GRACE_S, cfg.drain_timeout)
     log.info("draining: %d requests in flight", http.inflight)
     while (http.inflight or http.connections) and loop.time() < deadline:
+        if loop.time() >= grace_end:
+            http.close_idle()
         await asyncio.sleep(0.005)
     if http.inflight:
         log.warning("drain timeout: %d requests unanswered", http.inflight)

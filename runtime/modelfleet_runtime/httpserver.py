@@ -76,6 +76,8 @@ class HttpServer:
         self.draining = True
         if self._server is not None:
             self._server.close()
+
+    def close_idle(self) -> None:
         for conn in list(self.connections):
             conn.close_if_idle()
 

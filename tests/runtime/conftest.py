@@ -81,7 +81,7 @@ class Runtime:
     def infer(
         self, model: str, doc: dict[str, Any], headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, Any]]:
-        status, hdrs, body = self.request(
+        status, _hdrs, body = self.request(
             "POST", f"/v2/models/{model}/infer", json.dumps(doc).encode(), headers
         )
         return status, json.loads(body)
@@ -110,10 +110,10 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         base, _, rest = series.partition("{")
         if base != name:
             continue
-        found = dict(
-            (kv.split("=", 1)[0], kv.split("=", 1)[1].strip('"'))
+        found = {
+            kv.split("=", 1)[0]: kv.split("=", 1)[1].strip('"')
             for kv in rest.rstrip("}").split(",") if kv
-        )
+        }
         if all(found.get(k) == v for k, v in labels.items()):
             return float(value)
     return 0.0

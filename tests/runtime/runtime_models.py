@@ -11,7 +11,6 @@ from typing import Any
 import torch
 import yaml
 from safetensors.torch import save_file
-
 from testnets import Affine, build_affine
 
 HERE = Path(__file__).resolve().parent

@@ -27,7 +27,8 @@ def test_json_infer_matches_model(affine: tuple[Runtime, Affine]) -> None:
     status, body = server.infer(server.model_dir.name, {
         "id": "req-1",
         "inputs": [
-            {"name": "scale", "datatype": "FP32", "shape": [3, 1], "data": scale.flatten().tolist()},
+            {"name": "scale", "datatype": "FP32", "shape": [3, 1],
+             "data": scale.flatten().tolist()},
             {"name": "x", "datatype": "FP32", "shape": [3, 4], "data": x.tolist()},  # nested
         ],
     })  # fmt: skip
@@ -56,7 +57,8 @@ def test_tritonclient_binary_and_json(affine: tuple[Runtime, Affine]) -> None:
     scale = torch.full((5, 1), 1.5)
     want_y, want_label = direct(module, x, scale)
     for binary in (True, False):
-        inputs = [triton.InferInput("x", [5, 4], "FP32"), triton.InferInput("scale", [5, 1], "FP32")]
+        inputs = [triton.InferInput("x", [5, 4], "FP32"),
+                  triton.InferInput("scale", [5, 1], "FP32")]  # fmt: skip
         inputs[0].set_data_from_numpy(x.numpy(), binary_data=binary)
         inputs[1].set_data_from_numpy(scale.numpy(), binary_data=binary)
         outputs = [triton.InferRequestedOutput("y", binary_data=binary),
