@@ -33,6 +33,7 @@ class Reason:
     IMAGE_PULL_FAILED = "ImagePullFailed"
     UNSCHEDULABLE = "Unschedulable"
     APPLY_FAILED = "ApplyFailed"
+    CHILD_CONFLICT = "ChildConflict"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     ROLLOUT_IN_PROGRESS = "RolloutInProgress"
     ROLLOUT_COMPLETE = "RolloutComplete"
@@ -46,6 +47,7 @@ class Reason:
 
 # Worst first: the first problem found names the Ready/Degraded reason.
 _SEVERITY = [
+    Reason.CHILD_CONFLICT,
     Reason.APPLY_FAILED,
     Reason.GPU_PRODUCT_UNAVAILABLE,
     Reason.MODEL_PVC_NOT_FOUND,

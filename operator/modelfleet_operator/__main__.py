@@ -1,0 +1,106 @@
+"""`modelfleet-operator` / `python -m modelfleet_operator`: run the operator.
+
+Flags mirror kopf's own CLI where they overlap (--namespace, --all-namespaces, --liveness,
+--verbose/--debug/--quiet, --log-format) so the Helm chart reads naturally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+import kopf
+
+from . import handlers
+from .kube import Kube, make_api_client
+from .metrics import OperatorMetrics
+from .reconcile import Reconciler
+from .render.common import DEFAULT_RUNTIME_IMAGE, RenderConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modelfleet-operator",
+        description="Reconcile ModelDeployments (modelfleet.io/v1alpha1) into GPU-scheduled "
+                    "serving Deployments, Services, PodDisruptionBudgets and HPAs.")
+    scope = p.add_mutually_exclusive_group(required=True)
+    scope.add_argument("-n", "--namespace", action="append", metavar="NS",
+                       help="watch this namespace (repeatable; a glob such as ml-* works)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch every namespace")
+    p.add_argument("--runtime-image",
+                   default=os.environ.get("MODELFLEET_RUNTIME_IMAGE", DEFAULT_RUNTIME_IMAGE),
+                   help="serving image for ModelDeployments that do not set "
+                        "spec.runtime.image [env MODELFLEET_RUNTIME_IMAGE] (default: %(default)s)")
+    p.add_argument("--runtime-image-pull-policy",
+                   default=os.environ.get("MODELFLEET_RUNTIME_IMAGE_PULL_POLICY", "IfNotPresent"),
+                   choices=("Always", "IfNotPresent", "Never"),
+                   help="pull policy of that image [env MODELFLEET_RUNTIME_IMAGE_PULL_POLICY]")
+    p.add_argument("--liveness", metavar="URL", default="http://0.0.0.0:8080/healthz",
+                   help="kopf's liveness endpoint ('' disables) (default: %(default)s)")
+    p.add_argument("--metrics-port", type=int, default=9090,
+                   help="port of the operator's Prometheus /metrics (0 disables)")
+    p.add_argument("--resync-seconds", type=float, default=120.0,
+                   help="re-reconcile every ModelDeployment this often (drift backstop)")
+    p.add_argument("--workers", type=int, default=16,
+                   help="threads running reconciles (the API client is blocking)")
+    p.add_argument("--kubeconfig", default=None,
+                   help="kubeconfig path (default: in-cluster, else $KUBECONFIG)")
+    p.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("-v", "--verbose", action="store_true")
+    level.add_argument("-d", "--debug", action="store_true")
+    level.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def settings(workers: int) -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    # Our own keys, not kopf.zalando.org/*; status is ours alone (kopf keeps its
+    # bookkeeping in annotations).
+    s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelfleet.io")
+    s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="modelfleet.io", key="last-handled-configuration")
+    # The reconciler posts one Event per condition transition; kopf adds only failures.
+    s.posting.level = logging.WARNING
+    s.execution.max_workers = workers
+    # Server-side watch timeouts keep watches fresh through apiserver restarts.
+    s.watching.server_timeout = 300
+    s.watching.client_timeout = 330
+    return s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    kopf.configure(debug=args.debug, verbose=args.verbose, quiet=args.quiet,
+                   log_format=kopf.LogFormat[args.log_format.upper()])
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
+    metrics = OperatorMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    reconciler = Reconciler(
+        Kube(make_api_client(args.kubeconfig)),
+        RenderConfig(runtime_image=args.runtime_image,
+                     image_pull_policy=args.runtime_image_pull_policy),
+        metrics)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, resync_seconds=args.resync_seconds)
+    # One replica: kopf's peering pauses equal-priority peers instead of electing a
+    # leader, so standalone is the honest mode (see docs/operator.md on HA).
+    kopf.run(
+        registry=registry,
+        settings=settings(args.workers),
+        standalone=True,
+        clusterwide=bool(args.all_namespaces),
+        namespaces=args.namespace or (),
+        liveness_endpoint=args.liveness or None,
+        memo=kopf.Memo(reconciler=reconciler),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

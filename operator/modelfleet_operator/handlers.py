@@ -1,0 +1,94 @@
+"""kopf wiring only: which events call the reconciler, and how failures map to kopf's
+permanent (do not retry) and temporary (retry with backoff) errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from .kube import KubeError
+from .reconcile import Outcome, Reconciler
+from .render.common import MANAGED_BY_LABEL, MANAGER
+from .spec import GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger("modelfleet.operator")
+MD = (GROUP, VERSION, PLURAL)
+OWNED = {MANAGED_BY_LABEL: MANAGER}
+# (group, version, plural, full reconcile?) of children whose changes the operator hears:
+# a hand-edited or deleted child is put back at once, not at the next resync; pods only
+# refresh status.
+CHILD_WATCHES = (
+    ("apps", "v1", "deployments", True),
+    ("", "v1", "services", True),
+    ("policy", "v1", "poddisruptionbudgets", True),
+    ("autoscaling", "v2", "horizontalpodautoscalers", True),
+    ("", "v1", "pods", False),
+)
+RETRY_DELAY_S = 15.0
+
+
+def _reconciler(memo: Any) -> Reconciler:
+    rec: Reconciler = memo.reconciler
+    return rec
+
+
+def _run(memo: Any, namespace: str, name: str, trigger: str, *, full: bool = True,
+         raise_invalid: bool = True) -> Outcome | None:
+    try:
+        outcome = _reconciler(memo).request(namespace, name, full=full, trigger=trigger)
+    except KubeError as exc:
+        if exc.retryable:
+            raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from exc
+        # e.g. 403 or 422: the status already says so; retrying cannot help until
+        # something changes, and a change (or the resync timer) brings us back.
+        raise kopf.PermanentError(str(exc)) from exc
+    if outcome is not None and outcome.invalid is not None and raise_invalid:
+        # Status says InvalidSpec; do not retry until the spec changes.
+        raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
+    return outcome
+
+
+def _owner_name(body: Mapping[str, Any]) -> str | None:
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(GROUP + "/"):
+            return str(ref.get("name"))
+    # Pods are owned by a ReplicaSet; the instance label names the ModelDeployment.
+    return (meta.get("labels") or {}).get("app.kubernetes.io/instance")
+
+
+def register(registry: kopf.OperatorRegistry, *, resync_seconds: float) -> None:
+    """Attach the handlers to ``registry`` (explicit, so tests can build their own)."""
+
+    def on_change(*, memo: Any, namespace: str | None, name: str, reason: str,
+                  **_: Any) -> None:
+        _run(memo, namespace or "", name, str(reason))
+
+    for decorator in (kopf.on.resume, kopf.on.create, kopf.on.update):
+        decorator(*MD, registry=registry, id="reconcile", backoff=RETRY_DELAY_S)(on_change)
+
+    def on_timer(*, memo: Any, namespace: str | None, name: str, **_: Any) -> None:
+        # Drift backstop and slow re-check of cluster facts (GPU product, PVC); an invalid
+        # spec is not an error here: the status already says so.
+        _run(memo, namespace or "", name, "resync", raise_invalid=False)
+
+    kopf.timer(*MD, registry=registry, id="resync", interval=resync_seconds,
+               initial_delay=resync_seconds, sharp=False)(on_timer)
+
+    for group, version, plural, full in CHILD_WATCHES:
+        def on_child(*, memo: Any, body: Mapping[str, Any], namespace: str | None,
+                     full: bool = full, plural: str = plural, **_: Any) -> None:
+            owner = _owner_name(body)
+            if not owner or not namespace:
+                return
+            try:
+                _reconciler(memo).request(namespace, owner, full=full, trigger=plural)
+            except KubeError as exc:  # the timer or the next event retries
+                log.warning("reconcile of %s/%s after a %s event failed: %s", namespace,
+                            owner, plural, exc)
+
+        kopf.on.event(group, version, plural, registry=registry, labels=OWNED,
+                      id=f"child-{plural}")(on_child)

@@ -1,0 +1,37 @@
+"""The operator's own Prometheus metrics (not the runtime's)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter(
+            "modelfleet_operator_reconciles_total",
+            "Reconciles of a ModelDeployment, by trigger and result (ok, invalid, error).",
+            ["trigger", "result"], registry=self.registry)
+        self.errors = Counter(
+            "modelfleet_operator_errors_total",
+            "Failed API calls during reconciles, by HTTP status (0: no response).",
+            ["status"], registry=self.registry)
+        self.duration = Histogram(
+            "modelfleet_operator_reconcile_duration_seconds",
+            "Wall time of one reconcile.", ["trigger"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.status_writes = Counter(
+            "modelfleet_operator_status_writes_total",
+            "Status patches (written only when something changed).", registry=self.registry)
+        self.events = Counter(
+            "modelfleet_operator_events_total", "Events posted, by type and reason.",
+            ["type", "reason"], registry=self.registry)
+        self.applies = Counter(
+            "modelfleet_operator_applies_total", "Server-side applies, by child kind.",
+            ["kind"], registry=self.registry)
+        self.prunes = Counter(
+            "modelfleet_operator_prunes_total", "Children deleted because no longer wanted.",
+            ["kind"], registry=self.registry)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)

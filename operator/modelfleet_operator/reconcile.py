@@ -1,0 +1,295 @@
+"""parse -> render -> apply/prune -> observe -> status, for one ModelDeployment.
+
+Level-based: reconcile() reads everything it needs and never depends on which event fired,
+so create, update, resume, the resync timer and child events all call the same thing, and an
+operator restart at any moment converges.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .capacity import gpu_capacity
+from .kube import CHILD_KINDS, Kube, KubeError
+from .metrics import OperatorMetrics
+from .render import Owner, RenderConfig, Strategy, render_all
+from .render.common import MANAGED_BY_LABEL, MANAGER, selector_string
+from .render.deployment import (
+    choose_strategy,
+    existing_strategy,
+    render_pod_template,
+    template_hash,
+)
+from .render.service import service_url
+from .spec import InvalidSpec, ModelDeploymentSpec, parse_spec
+from .status import Observed, Problem, Reason, compute_status, status_changed
+
+log = logging.getLogger("modelfleet.operator")
+T = TypeVar("T")
+
+
+class ChildConflict(Exception):
+    """A same-named object the operator does not manage is in the way."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    found: bool = True
+    invalid: InvalidSpec | None = None
+    error: KubeError | None = None
+    status_written: bool = False
+    ready: bool = False
+
+
+class ClusterView:
+    """Nodes and GPU-holding pods, cached briefly: every GPU reconcile needs them, and
+    listing all pods for each of 1000 ModelDeployments would swamp the apiserver."""
+
+    def __init__(self, kube: Kube, ttl: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.kube = kube
+        self.ttl = ttl
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, list[dict[str, Any]] | None]] = {}
+
+    def _get(self, key: str, load: Callable[[], list[dict[str, Any]]]
+             ) -> list[dict[str, Any]] | None:
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit and self.clock() - hit[0] < self.ttl:
+                return hit[1]
+        try:
+            value: list[dict[str, Any]] | None = load()
+        except KubeError as exc:
+            if not exc.forbidden:
+                raise
+            # Without cluster-wide read access the operator stays conservative (no surge)
+            # instead of failing every reconcile.
+            log.warning("cannot list %s (%s): treating GPU capacity as unknown", key, exc)
+            value = None
+        with self._lock:
+            self._cache[key] = (self.clock(), value)
+        return value
+
+    def nodes(self) -> list[dict[str, Any]] | None:
+        return self._get("nodes", lambda: self.kube.list("Node"))
+
+    def active_pods(self) -> list[dict[str, Any]] | None:
+        return self._get("pods", lambda: self.kube.list(
+            "Pod", fields="status.phase!=Succeeded,status.phase!=Failed"))
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+class KeyedRunner:
+    """At most one reconcile per object at a time; requests arriving meanwhile collapse
+    into one re-run (a burst of pod events costs two reconciles, not fifty)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[tuple[str, str]] = set()
+        self._pending: dict[tuple[str, str], bool] = {}
+
+    def run(self, key: tuple[str, str], full: bool, fn: Callable[[bool], T]) -> T | None:
+        with self._lock:
+            if key in self._running:
+                self._pending[key] = self._pending.get(key, False) or full
+                return None
+            self._running.add(key)
+        try:
+            result = fn(full)
+            while True:
+                with self._lock:
+                    if key not in self._pending:
+                        self._running.discard(key)
+                        return result
+                    full = self._pending.pop(key)
+                result = fn(full)
+        except BaseException:
+            with self._lock:
+                self._running.discard(key)
+                self._pending.pop(key, None)
+            raise
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, config: RenderConfig | None = None,
+                 metrics: OperatorMetrics | None = None, cluster_ttl: float = 10.0) -> None:
+        self.kube = kube
+        self.config = config or RenderConfig()
+        self.metrics = metrics or OperatorMetrics()
+        self.cluster = ClusterView(kube, cluster_ttl)
+        self.runner = KeyedRunner()
+
+    # --- entry point ----------------------------------------------------------------------
+
+    def request(self, namespace: str, name: str, *, full: bool = True,
+                trigger: str = "event") -> Outcome | None:
+        """Reconcile now, or fold into the reconcile already running for this object."""
+        return self.runner.run((namespace, name), full,
+                               lambda f: self._timed(namespace, name, f, trigger))
+
+    def _timed(self, namespace: str, name: str, full: bool, trigger: str) -> Outcome:
+        start = time.perf_counter()
+        result = "error"
+        try:
+            outcome = self.reconcile(namespace, name, full=full)
+            result = "invalid" if outcome.invalid else ("error" if outcome.error else "ok")
+            return outcome
+        finally:
+            self.metrics.reconciles.labels(trigger, result).inc()
+            self.metrics.duration.labels(trigger).observe(time.perf_counter() - start)
+
+    # --- the reconcile --------------------------------------------------------------------
+
+    def reconcile(self, namespace: str, name: str, *, full: bool = True) -> Outcome:
+        body = self._call(lambda: self.kube.get("ModelDeployment", namespace, name))
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return Outcome(found=False)  # garbage collection removes the children
+        owner = Owner.from_body(body)
+        spec: ModelDeploymentSpec | None = None
+        invalid: InvalidSpec | None = None
+        try:
+            spec = parse_spec(body.get("spec"), name=name)
+        except InvalidSpec as exc:
+            invalid = exc
+        deployment = self._call(lambda: self.kube.get("Deployment", namespace, name))
+        problems: list[Problem] = []
+        strategy: Strategy | None = None
+        error: KubeError | None = None
+        if deployment is not None and not _ours(deployment):
+            problems.append(Problem(Reason.CHILD_CONFLICT, (
+                f"Deployment {name} exists and is not managed by {MANAGER}; rename the "
+                "ModelDeployment or delete that Deployment")))
+            deployment = None
+        elif spec is not None:
+            problems += self._judge(spec, namespace)
+            template = render_pod_template(owner, spec, self.config)
+            strategy = existing_strategy(deployment, template_hash(template))
+            if strategy is None:
+                strategy = choose_strategy(spec, spec.desired_replicas(), self._spare(spec))
+            if full:
+                try:
+                    deployment = self._apply(owner, spec, strategy) or deployment
+                except KubeError as exc:
+                    error = exc
+                    problems.append(Problem(Reason.APPLY_FAILED, exc.message or str(exc)))
+        pods = self._call(lambda: self.kube.list("Pod", namespace,
+                                                 labels=selector_string(owner)))
+        observed = Observed(
+            generation=owner.generation,
+            selector=selector_string(owner),
+            spec=spec,
+            invalid=invalid,
+            url=service_url(owner, spec) if spec else None,
+            deployment=deployment,
+            pods=pods,
+            problems=problems,
+            strategy=strategy or (Strategy.from_manifest(
+                (deployment or {}).get("spec", {}).get("strategy"),
+                ((deployment or {}).get("metadata", {}).get("annotations") or {})
+                .get("modelfleet.io/rollout-strategy", "")) if deployment else None),
+        )
+        previous = body.get("status") or {}
+        status, transitions = compute_status(observed, previous, _now())
+        written = False
+        if status_changed(previous, status):
+            self._call(lambda: self.kube.patch_status(namespace, name, status))
+            self.metrics.status_writes.inc()
+            written = True
+            for t in transitions:
+                try:
+                    self.kube.event(body, t.event_type, t.reason, f"{t.type} is {t.status}: "
+                                    f"{t.message}" if t.message else f"{t.type} is {t.status}")
+                    self.metrics.events.labels(t.event_type, t.reason).inc()
+                except KubeError as exc:  # an Event is best effort
+                    log.warning("event for %s/%s not posted: %s", namespace, name, exc)
+        if error is not None and error.retryable:
+            raise error  # status says ApplyFailed; the caller retries with backoff
+        ready = any(c["type"] == "Ready" and c["status"] == "True"
+                    for c in status["conditions"])
+        return Outcome(invalid=invalid, error=error, status_written=written, ready=ready)
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except KubeError as exc:
+            self.metrics.errors.labels(str(exc.status)).inc()
+            raise
+
+    def _judge(self, spec: ModelDeploymentSpec, namespace: str) -> list[Problem]:
+        """What only the operator can tell: cluster facts the apiserver cannot validate."""
+        out: list[Problem] = []
+        if spec.gpu is not None:
+            nodes = self.cluster.nodes()
+            if nodes is not None and gpu_capacity(nodes, [], spec.gpu).offering == 0:
+                offered = sorted({(n["metadata"].get("labels") or {}).get(
+                    "nvidia.com/gpu.product", "") for n in nodes} - {""})
+                want = (f"{spec.gpu.resource} of product {'|'.join(spec.gpu.products)}"
+                        if spec.gpu.products else spec.gpu.resource)
+                out.append(Problem(Reason.GPU_PRODUCT_UNAVAILABLE, (
+                    f"no node offers {want}; products in the cluster: "
+                    f"{', '.join(offered) or 'none'}")))
+        claim = spec.model.pvc_claim
+        if claim and self._call(
+                lambda: self.kube.get("PersistentVolumeClaim", namespace, claim)) is None:
+            out.append(Problem(Reason.MODEL_PVC_NOT_FOUND, (
+                f"PersistentVolumeClaim {claim!r} (from spec.model.uri) does not exist in "
+                f"namespace {namespace}")))
+        return out
+
+    def _spare(self, spec: ModelDeploymentSpec) -> int | None:
+        if spec.gpu is None or spec.rollout.strategy != "Auto":
+            return None
+        nodes = self.cluster.nodes()
+        pods = self.cluster.active_pods()
+        if nodes is None or pods is None:
+            return None
+        return gpu_capacity(nodes, pods, spec.gpu).spare_pods
+
+    def _apply(self, owner: Owner, spec: ModelDeploymentSpec,
+               strategy: Strategy) -> dict[str, Any] | None:
+        deployment: dict[str, Any] | None = None
+        wanted = set()
+        for child in render_all(owner, spec, self.config, strategy):
+            out = self._call(lambda c=child: self.kube.apply(c))  # type: ignore[misc]
+            self.metrics.applies.labels(child["kind"]).inc()
+            wanted.add(child["kind"])
+            if child["kind"] == "Deployment":
+                deployment = out
+        self._prune(owner, wanted)
+        return deployment
+
+    def _prune(self, owner: Owner, wanted: set[str]) -> None:
+        """Delete our children of kinds no longer wanted (e.g. the HPA once autoscaling
+        is removed). Names are fixed per kind, so only absent kinds need a look."""
+        for kind in CHILD_KINDS:
+            if kind in wanted:
+                continue
+            for obj in self._call(lambda k=kind: self.kube.list(  # type: ignore[misc]
+                    k, owner.namespace, labels=selector_string(owner))):
+                refs = obj["metadata"].get("ownerReferences") or []
+                if any(r.get("uid") == owner.uid for r in refs) and self.kube.delete(
+                        kind, owner.namespace, obj["metadata"]["name"],
+                        obj["metadata"].get("uid")):
+                        self.metrics.prunes.labels(kind).inc()
+                        log.info("pruned %s %s/%s", kind, owner.namespace,
+                                 obj["metadata"]["name"])
+
+
+def _ours(obj: dict[str, Any]) -> bool:
+    return bool((obj["metadata"].get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGER)
