@@ -234,10 +234,13 @@ def test_namespace_scope_defaults_to_the_release_namespace(helm: Path) -> None:
 
 # --- RBAC -------------------------------------------------------------------------------------
 
-CLUSTER_SCOPED = {
+# Cluster-wide reads kept in the ClusterRole in namespace scope: kopf's CRD and namespace
+# watches, nodes for GPU capacity, and pods of every namespace (they hold GPUs too).
+CLUSTER_WIDE = {
     ("apiextensions.k8s.io", "customresourcedefinitions"),
     ("", "namespaces"),
     ("", "nodes"),
+    ("", "pods"),
 }
 
 
@@ -271,7 +274,8 @@ def test_rbac_grants_what_the_operator_uses(helm: Path) -> None:
     assert "create" in rules[("", "events")]
     for child in (("apps", "deployments"), ("", "services"),
                   ("policy", "poddisruptionbudgets"), ("autoscaling", "horizontalpodautoscalers")):
-        assert {"get", "list", "watch", "patch", "delete"} <= rules[child], child
+        # Server-side apply of a new object needs create as well as patch.
+        assert {"list", "watch", "create", "patch", "delete"} <= rules[child], child
     # Read-only where the operator only reads.
     for read_only in (("", "pods"), ("", "nodes"), ("", "namespaces")):
         assert rules[read_only] <= {"get", "list", "watch"}, read_only
@@ -280,12 +284,13 @@ def test_rbac_grants_what_the_operator_uses(helm: Path) -> None:
 def test_namespace_scope_keeps_only_cluster_scoped_reads_in_the_cluster_role(helm: Path) -> None:
     docs = template(helm, "operator.scope=namespace", "operator.watchNamespaces={ml}")
     cluster = rules_by_resource(one(docs, "ClusterRole")["rules"])
-    assert set(cluster) == CLUSTER_SCOPED
+    assert set(cluster) == CLUSTER_WIDE
     assert all(v <= {"get", "list", "watch"} for v in cluster.values())
     full = rules_by_resource(one(template(helm), "ClusterRole")["rules"])
     namespaced = rules_by_resource(one(docs, "Role")["rules"])
     # The Role plus the small ClusterRole grant exactly what the cluster-wide role grants.
-    assert {**namespaced, **cluster} == full
+    union = {k: namespaced.get(k, set()) | cluster.get(k, set()) for k in {*namespaced, *cluster}}
+    assert union == full
     assert one(docs, "ClusterRole")["metadata"]["name"] == "modelfleet-modelfleet-system"
 
 

@@ -1,52 +1,67 @@
-{{/* Cluster-scoped reads: needed in both scopes. */}}
+{{- /*
+Every verb here is one that kopf or the operator really calls (operator/modelfleet_operator:
+kube.py makes every API call, handlers.py says what kopf watches); nothing more. When the
+operator starts calling something new, add it here: tests/integration/test_helm_rbac.py runs the
+operator as this ServiceAccount and fails on any "forbidden".
+*/ -}}
+
+{{/* Cluster-wide reads: in the ClusterRole in both scopes. */}}
 {{- define "modelfleet.rules.cluster" -}}
-# kopf: discovers and watches CRDs to find the resources it serves.
+# kopf: lists and watches CRDs to notice the resources it serves appear or change.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # kopf: lists and watches namespaces when started with --namespace.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
-# operator: free GPU capacity per node decides the rollout strategy and explains Pending pods.
+# operator: GPU capacity per node (rollout strategy, why pods are Pending).
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
+{{- if eq .Values.operator.scope "namespace" }}
+# operator: GPUs in use on each node are held by pods of every namespace, not only the
+# watched ones; without this it assumes no spare GPU (never surges).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+{{- end }}
 {{- end }}
 
 {{/* Namespaced rules: in the ClusterRole (cluster scope) or a Role per watched namespace. */}}
 {{- define "modelfleet.rules.namespaced" -}}
-# kopf + operator: watch ModelDeployments; kopf patches its finalizer and progress annotations.
+# kopf: watches ModelDeployments and patches its progress annotations; operator: reads one.
 - apiGroups: ["modelfleet.io"]
   resources: ["modeldeployments"]
   verbs: ["get", "list", "watch", "patch"]
-# operator: writes status through the status subresource.
+# operator: writes status and conditions through the status subresource.
 - apiGroups: ["modelfleet.io"]
   resources: ["modeldeployments/status"]
-  verbs: ["get", "patch"]
-# operator: children, written with server-side apply (patch) and pruned (delete).
+  verbs: ["patch"]
+# operator: server-side apply (patch, and create when the child is new), prune (list, delete),
+# reads the Deployment's rollout; kopf: watches children to put hand-edits back at once.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# operator: reads Pending pods to explain why they do not schedule.
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# operator: reads serving pods (why Pending, crash messages, GPUs in use); kopf: watches them.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # operator: checks that a pvc:// model's claim exists.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get"]
-# kopf + operator: post Events on ModelDeployments.
+# operator and kopf: Events on ModelDeployments (kopf only posts, never updates).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
