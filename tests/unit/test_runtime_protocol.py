@@ -1,0 +1,88 @@
+"""Manifest parsing and OIP request decoding / response encoding, without a server."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from modelfleet_runtime.errors import BadRequest, LoadError
+from modelfleet_runtime.manifest import parse_manifest
+from modelfleet_runtime.protocol import decode_infer, encode_response
+
+MANIFEST = parse_manifest({
+    "format": "torchscript",
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]},
+               {"name": "ids", "datatype": "INT64", "shape": [-1, -1]}],
+    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]},
+                {"name": "ok", "datatype": "BOOL", "shape": [-1]}],
+})  # fmt: skip
+
+
+def test_manifest_defaults_and_signature() -> None:
+    assert MANIFEST.weights == "model.pt" and MANIFEST.batched
+    assert MANIFEST.signature() == (
+        "(x: FP32[-1,2], ids: INT64[-1,-1]) -> (y: FP32[-1], ok: BOOL[-1])"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ([], "mapping"),
+        ({"format": "onnx"}, "format"),
+        ({"format": "torchscript", "inputs": []}, "inputs"),
+        ({"format": "torchscript", "inputs": [{"name": "x", "datatype": "FP32", "shape": "x"}]},
+         "shape"),
+        ({"format": "torchscript", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}] * 2,
+          "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}]}, "duplicate"),
+    ],
+)  # fmt: skip
+def test_bad_manifests(raw: object, needle: str) -> None:
+    with pytest.raises(LoadError, match=needle):
+        parse_manifest(raw)
+
+
+def test_decode_mixed_json_and_binary() -> None:
+    header = json.dumps({
+        "id": 5,
+        "inputs": [
+            {"name": "ids", "datatype": "INT64", "shape": [2, 3],
+             "parameters": {"binary_data_size": 48}},
+            {"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3, 4]]},
+        ],
+        "outputs": [{"name": "ok", "parameters": {"binary_data": True}}, {"name": "y"}],
+        "parameters": {"timeout": 250000},
+    }).encode()  # fmt: skip
+    body = bytearray(b" " + header + struct.pack("<6q", *range(6)))[1:]  # misaligned on purpose
+    req = decode_infer(body, len(header), MANIFEST)
+    assert req.id == "5" and req.rows == 2 and req.timeout_s == 0.25
+    assert req.inputs[0].tolist() == [[1, 2], [3, 4]]
+    assert req.inputs[1].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert req.outputs == [(1, True), (0, False)]
+
+
+def test_decode_errors() -> None:
+    header = (b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]},'
+              b'{"name":"ids","datatype":"INT64","shape":[1,1],"data":[1]}]}')
+    with pytest.raises(BadRequest, match="2 bytes of binary data not claimed"):
+        decode_infer(header + b"xx", len(header), MANIFEST)
+    with pytest.raises(BadRequest, match="timeout"):
+        decode_infer(header[:-1] + b',"parameters":{"timeout":"soon"}}', None, MANIFEST)
+
+
+def test_encode_json_and_binary_outputs() -> None:
+    req = decode_infer(json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]},
+        {"name": "ids", "datatype": "INT64", "shape": [1, 1], "data": [1]},
+    ], "outputs": [{"name": "y"}, {"name": "ok", "parameters": {"binary_data": True}}]}).encode(),
+        None, MANIFEST)  # fmt: skip
+    body, header_len = encode_response(
+        "m", "1", req, [torch.tensor([0.5], dtype=torch.float64), torch.tensor([True])], MANIFEST
+    )
+    assert header_len is not None
+    doc = json.loads(body[:header_len])
+    assert doc["outputs"][0] == {"name": "y", "datatype": "FP32", "shape": [1], "data": [0.5]}
+    assert doc["outputs"][1]["parameters"] == {"binary_data_size": 1}
+    assert body[header_len:] == b"\x01"
