@@ -70,7 +70,8 @@ class Batcher(Generic[P, R]):
         self._depth = 0  # queued tickets that have not expired
         self._busy = False
         self._stopping = False
-        self._last_batch_requests = 1
+        self._last_batch_rows = 1
+        self._last_compute_s = 0.0
         self._thread: threading.Thread | None = None
 
     # -- loop thread -------------------------------------------------------------------------
@@ -151,7 +152,8 @@ class Batcher(Generic[P, R]):
                 log.exception("forward pass failed")
                 results = [exc] * len(batch)
             compute_s = time.monotonic() - started
-            self._last_batch_requests = len(batch)
+            self._last_batch_rows = sum(t.rows for t in batch)
+            self._last_compute_s = compute_s
             with self._cond:
                 self._busy = False
             if self._observer is not None:
@@ -163,6 +165,13 @@ class Batcher(Generic[P, R]):
         expired: list[Ticket[P, R]] = []
         rows = 0
         wait_until = 0.0
+        # Wait for companions only up to the size of the last batch: a lone client (last
+        # batch of one) never pays the delay, and steady concurrency N does not wait for an
+        # N+1st request that is not coming. Whatever is already queued is taken regardless.
+        target = min(self.max_batch_size, self._last_batch_rows)
+        # Never wait longer than a forward pass takes: for a cheap model, running now and
+        # again right after beats idling for stragglers.
+        max_wait = min(self.max_delay_s, self._last_compute_s)
         with self._cond:
             while True:
                 now = time.monotonic()
@@ -181,13 +190,11 @@ class Batcher(Generic[P, R]):
                         expired.append(head)
                         continue
                     head.state = TAKEN
-                    # Wait for companions only when recent traffic was concurrent: a lone
-                    # client (batch of one last time) never pays the delay.
-                    if not batch and self._last_batch_requests > 1:
-                        wait_until = head.enqueued + self.max_delay_s
+                    if not batch:
+                        wait_until = head.enqueued + max_wait
                     batch.append(head)
                     rows += head.rows
-                full = rows >= self.max_batch_size or bool(queue and queue[0].state == QUEUED)
+                full = rows >= target or bool(queue and queue[0].state == QUEUED)
                 if batch and (full or now >= wait_until):
                     break
                 if expired and not batch:

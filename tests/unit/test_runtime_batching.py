@@ -79,7 +79,7 @@ def test_lone_request_does_not_wait_for_the_delay() -> None:
 
 
 def test_delay_gathers_companions_under_concurrent_traffic() -> None:
-    h = Harness(max_batch_size=8, max_delay_s=0.2)
+    h = Harness(delay_s=0.15, max_batch_size=8, max_delay_s=0.3)  # waits <= one forward pass
     h.gate.clear()
     h.submit("x1")
     time.sleep(0.05)
@@ -92,6 +92,22 @@ def test_delay_gathers_companions_under_concurrent_traffic() -> None:
     h.submit("y2")  # arrives inside y1's delay window
     h.wait(5)
     assert [p[0] for p in h.batches[-1]] == ["y1", "y2"]
+    h.batcher.stop(5)
+
+
+def test_cheap_model_does_not_wait_for_stragglers() -> None:
+    h = Harness(max_batch_size=8, max_delay_s=1.0)  # process() takes ~0 s
+    h.gate.clear()
+    h.submit("x1")
+    time.sleep(0.05)
+    h.submit("x2")
+    h.submit("x3")
+    h.gate.set()
+    h.wait(3)
+    started = time.monotonic()
+    h.submit("y1")  # last batch had 2 rows, but waiting longer than a forward pass is waste
+    h.wait(4)
+    assert time.monotonic() - started < 0.5
     h.batcher.stop(5)
 
 
