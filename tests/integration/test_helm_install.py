@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_harness import KubeCluster, wait_for
+from kube_harness import KubeCluster, condition, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelfleet"
@@ -182,16 +182,22 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
         container = dep["spec"]["template"]["spec"]["containers"][0]
         assert "--all-namespaces" in container["args"]
         kube_cluster.kubectl_json("-n", namespace, "get", "service", f"{name}-metrics")
-        # Admission accepted the pod under enforce=restricted (kwok then runs it, simulated).
-        wait_for(
-            lambda: kube_cluster.kubectl_json(
-                "-n", namespace, "get", "pods", "-l",
-                f"app.kubernetes.io/instance={release}")["items"],
-            timeout=60, what="the operator pod to be admitted",
-            describe=lambda: kube_cluster.kubectl(
-                "-n", namespace, "get", "events", check=False).stdout)
-        kube_cluster.kubectl("-n", namespace, "rollout", "status", f"deployment/{name}",
-                             "--timeout=120s", timeout=150)
+        # Admission accepted the pod under enforce=restricted and the scheduler placed it (a
+        # kwok node runs no container, so "Ready" would prove nothing more about the chart).
+        def scheduled() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = kube_cluster.kubectl_json(
+                "-n", namespace, "get", "pods", "-l", f"app.kubernetes.io/instance={release}",
+            )["items"]
+            return [p for p in items
+                    if (condition(p, "PodScheduled") or {}).get("status") == "True"]
+
+        pods = wait_for(scheduled, timeout=60, what="the operator pod to be admitted and scheduled",
+                        describe=lambda: kube_cluster.kubectl(
+                            "-n", namespace, "get", "events", check=False).stdout)
+        assert len(pods) == 1
+        # No GPU toleration: the operator never takes a GPU node.
+        node = kube_cluster.kubectl_json("get", "node", pods[0]["spec"]["nodeName"])
+        assert "nvidia.com/gpu" not in node["status"].get("allocatable", {})
     finally:
         helm.uninstall(release, namespace)
 
