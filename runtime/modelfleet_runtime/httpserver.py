@@ -33,7 +33,7 @@ Respond = Callable[[Response], None]
 Handler = Callable[[Request, Respond], None]
 
 
-def _serialize(resp: Response, close: bool) -> bytes:
+def _serialize(resp: Response, close: bool, head_only: bool = False) -> bytes:
     head = [
         f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Unknown')}\r\n"
         f"Content-Type: {resp.content_type}\r\nContent-Length: {len(resp.body)}\r\n"
@@ -43,7 +43,8 @@ def _serialize(resp: Response, close: bool) -> bytes:
     if close:
         head.append("Connection: close\r\n")
     head.append("\r\n")
-    return "".join(head).encode("latin-1") + resp.body
+    encoded = "".join(head).encode("latin-1")
+    return encoded if head_only else encoded + resp.body
 
 
 class HttpServer:
@@ -149,6 +150,7 @@ class Connection(asyncio.Protocol):
         server = self.server
         server.inflight += 1
         keep_alive = req.keep_alive
+        head_only = req.method == "HEAD"
         if not keep_alive:
             self.closing = True  # read no further requests from this connection
         answered = False
@@ -159,7 +161,7 @@ class Connection(asyncio.Protocol):
                 return
             answered = True
             server.inflight -= 1
-            slot[0] = _serialize(resp, not keep_alive or server.draining)
+            slot[0] = _serialize(resp, not keep_alive or server.draining, head_only)
             self._flush()
 
         try:

@@ -6,7 +6,6 @@ torch is imported here, never at CLI import time, so ``--help`` and ``fetch`` st
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import logging
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import LoadError, ModelFailed
+from .fetch import read_record, sha256_file
 from .manifest import Manifest
 from .protocol import TORCH_DTYPES, InferRequest
 from .safetensors_io import read_safetensors
@@ -42,21 +42,18 @@ class LoadOptions:
     max_batch_size: int = 1
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_digest(path: Path, *expected: str | None) -> None:
+    """Each expected digest must be the weights file's, or (after ``fetch``) the digest of the
+    archive these very weights were unpacked from."""
     wanted = {e.removeprefix("sha256:").lower() for e in expected if e}
     if not wanted:
         return
     actual = sha256_file(path)
+    record = read_record(path.parent)
+    from_archive = (record.get("weights") == path.name
+                    and record.get("weights_sha256") == actual)  # fmt: skip
     for want in wanted:
-        if actual != want:
+        if actual != want and not (from_archive and record.get("sha256") == want):
             raise LoadError(f"digest mismatch for {path.name}: expected sha256:{want}, "
                             f"got sha256:{actual}")  # fmt: skip
 

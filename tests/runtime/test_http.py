@@ -111,6 +111,18 @@ def test_keep_alive_many_requests_then_close(server: Runtime) -> None:
     sock.close()
 
 
+def test_head_has_no_body(server: Runtime) -> None:
+    sock, reader = connect(server)
+    sock.sendall(b"HEAD /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")  # fmt: skip
+    while b"\r\n\r\n" not in reader.buf:
+        reader._fill()
+    head, _, reader.buf = reader.buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 13" in head
+    assert reader.response()[2] == b'{"live":true}'  # the next answer starts right away
+    sock.close()
+
+
 def test_http10_closes_after_answer(server: Runtime) -> None:
     sock, reader = connect(server)
     sock.sendall(b"GET /v2/health/ready HTTP/1.0\r\n\r\n")

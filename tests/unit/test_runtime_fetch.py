@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 from modelfleet_runtime.cli import main
+from modelfleet_runtime.errors import LoadError
 from modelfleet_runtime.fetch import FetchError, fetch
+from modelfleet_runtime.model import verify_digest
 
 
 def make_tarball(path: Path, files: dict[str, bytes], prefix: str = "") -> str:
@@ -49,7 +51,8 @@ def test_file_uri_single_file_with_digest(tmp_path: Path) -> None:
     digest = "sha256:" + hashlib.sha256(b"weights").hexdigest()
     out = fetch(src.as_uri(), tmp_path / "dest", digest)
     assert out == tmp_path / "dest" / "model.pt" and out.read_bytes() == b"weights"
-    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["model.pt"]
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == [
+        ".modelfleet-fetch.json", "model.pt"]  # fmt: skip
 
 
 def test_http_tarball_with_top_directory_is_flattened(
@@ -60,7 +63,8 @@ def test_http_tarball_with_top_directory_is_flattened(
     dest = tmp_path / "models"
     assert main(["fetch", f"{url}/m.tar.gz", str(dest), "--digest", digest]) == 0
     assert (dest / "model.yaml").read_bytes() == b"format: x"
-    assert sorted(p.name for p in dest.iterdir()) == ["model.pt", "model.yaml"]
+    assert sorted(p.name for p in dest.iterdir()) == [
+        ".modelfleet-fetch.json", "model.pt", "model.yaml"]  # fmt: skip
 
 
 def test_digest_mismatch_leaves_nothing(tmp_path: Path, http_root: tuple[str, Path]) -> None:
@@ -91,3 +95,21 @@ def test_tarball_escaping_dest_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="cannot unpack"):
         fetch(bad.as_uri(), tmp_path / "d")
     assert not (tmp_path / "evil").exists()
+
+
+def test_archive_digest_or_weights_digest_pins_the_model(tmp_path: Path) -> None:
+    """The operator passes one digest to fetch and to serve: it may pin the archive or the
+    weights inside it, and serve accepts both for weights that came from that archive."""
+    archive = tmp_path / "m.tar.gz"
+    files = {"model.yaml": b"format: torchscript\n", "model.pt": b"the weights"}
+    archive_digest = make_tarball(archive, files)
+    weights_digest = "sha256:" + hashlib.sha256(b"the weights").hexdigest()
+    for digest in (archive_digest, weights_digest):
+        dest = tmp_path / digest[7:15]
+        fetch(archive.as_uri(), dest, digest)
+        verify_digest(dest / "model.pt", digest)  # what serve --digest does
+    with pytest.raises(LoadError, match="digest mismatch"):
+        verify_digest(dest / "model.pt", "sha256:" + "1" * 64)
+    (dest / "model.pt").write_bytes(b"tampered")
+    with pytest.raises(LoadError, match="digest mismatch"):
+        verify_digest(dest / "model.pt", archive_digest)
