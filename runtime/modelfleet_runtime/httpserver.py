@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _MAX_PIPELINE = 64  # stop reading from a client that has this many answers outstanding
+KEEPALIVE_TIMEOUT_S = 75.0  # idle keep-alive connections (longer than common LB idle timeouts)
+REQUEST_TIMEOUT_S = 30.0  # a request whose bytes stop arriving (slowloris)
+_SWEEP_S = 1.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -56,21 +59,41 @@ class HttpServer:
         *,
         max_body_bytes: int,
         error_body: Callable[[str], bytes],
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        sweep_s: float = _SWEEP_S,
     ) -> None:
         self.handler = handler
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.sweep_s = sweep_s
         self.max_body_bytes = max_body_bytes
         self.error_body = error_body
         self.connections: set[Connection] = set()
         self.inflight = 0
         self.draining = False
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(self, host: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: Connection(self), host, port, reuse_address=True, backlog=2048
         )
+        self._sweeper = loop.call_later(self.sweep_s, self._sweep)
         return self._server
+
+    def _sweep(self) -> None:
+        """Close connections idle past the keep-alive timeout or stuck mid-request."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self.connections):
+            if conn.pending:
+                continue  # waiting on us, not on the client
+            limit = self.keepalive_timeout_s if conn.parser.idle else self.request_timeout_s
+            if now - conn.last_activity > limit:
+                conn.abort()
+        self._sweeper = loop.call_later(self.sweep_s, self._sweep)
 
     def start_drain(self) -> None:
         """Stop accepting connections; answer what is in flight, then let connections close."""
@@ -83,6 +106,8 @@ class HttpServer:
             conn.close_if_idle()
 
     def close_all(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self.connections):
             conn.abort()
 
@@ -97,6 +122,7 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.continue_sent = False
+        self.last_activity = asyncio.get_running_loop().time()
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -115,6 +141,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.last_activity = asyncio.get_running_loop().time()
         parser = self.parser
         parser.feed(data)
         while not self.closing:
@@ -162,6 +189,7 @@ class Connection(asyncio.Protocol):
             answered = True
             server.inflight -= 1
             slot[0] = _serialize(resp, not keep_alive or server.draining, head_only)
+            self.last_activity = asyncio.get_running_loop().time()
             self._flush()
 
         try:

@@ -77,12 +77,13 @@ def build_affine_dir(model_dir: Path, fmt: str) -> Affine:
     return module
 
 
-def build_slow_dir(model_dir: Path, delay_s: float) -> None:
+def build_slow_dir(model_dir: Path, delay_s: float, load_delay_s: float = 0.0) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     save_file({"two": torch.tensor(2.0)}, str(model_dir / "model.safetensors"))
     shutil.copy(HERE / "testnets.py", model_dir / "testnets.py")
     write_manifest(
         model_dir, format="safetensors", weights="model.safetensors",
-        entrypoint="testnets:build_slow", entrypoint_kwargs={"delay_s": delay_s},
+        entrypoint="testnets:build_slow",
+        entrypoint_kwargs={"delay_s": delay_s, "load_delay_s": load_delay_s},
         **SLOW_SIGNATURE,
     )  # fmt: skip

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import Runtime
 from runtime_models import build_affine_dir, build_slow_dir, sha256
@@ -48,11 +49,11 @@ def test_digest_mismatch_refuses_to_start(tmp_path: Path, where: str) -> None:
     assert "digest mismatch" in server.log
 
 
-def test_right_digest_serves(tmp_path: Path) -> None:
+def test_right_digest_name_version_and_dtype(tmp_path: Path) -> None:
     model_dir = tmp_path / "m"
-    build_affine_dir(model_dir, "torchscript")
+    module = build_affine_dir(model_dir, "torchscript")
     server = Runtime(model_dir, "--digest", "sha256:" + sha256(model_dir / "model.pt"),
-                     "--name", "renamed", "--version", "9")  # fmt: skip
+                     "--name", "renamed", "--version", "9", "--dtype", "bfloat16")  # fmt: skip
     try:
         server.wait_ready()
         status, body = server.infer("renamed", {"inputs": [
@@ -60,6 +61,38 @@ def test_right_digest_serves(tmp_path: Path) -> None:
             {"name": "scale", "datatype": "FP32", "shape": [1, 1], "data": [1]},
         ]})  # fmt: skip
         assert status == 200 and body["model_version"] == "9"
+        y = body["outputs"][0]
+        assert y["datatype"] == "FP32"  # computed in bfloat16, answered as declared
+        with torch.no_grad():
+            want = module(torch.tensor([[1.0, 2, 3, 4]]), torch.ones(1, 1))[0].flatten().tolist()
+        assert y["data"] == pytest.approx(want, rel=0.05, abs=0.05)
+        assert y["data"] != pytest.approx(want, rel=1e-6, abs=1e-7)  # it really ran in bf16
+    finally:
+        assert server.stop() == 0
+
+
+def test_live_but_not_ready_while_loading(tmp_path: Path) -> None:
+    model_dir = tmp_path / "slow"
+    build_slow_dir(model_dir, delay_s=0.0, load_delay_s=3.0)
+    server = Runtime(model_dir)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if server.request("GET", "/v2/health/live", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        assert server.request("GET", "/v2/health/ready")[::2] == (503, b'{"ready":false}')
+        assert server.request("GET", "/v2/models/slow/ready")[0] == 503
+        status, body = server.infer("slow", {"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]})
+        assert status == 503 and "not loaded" in body["error"]
+        assert 'modelfleet_model_ready{model="slow",version="1"} 0.0' in server.metrics()
+        server.wait_ready()
+        load = [ln for ln in server.metrics().splitlines()
+                if ln.startswith("modelfleet_model_load_seconds{")]  # fmt: skip
+        assert float(load[0].rsplit(" ", 1)[1]) >= 3.0
     finally:
         assert server.stop() == 0
 

@@ -28,8 +28,9 @@ class Slow(nn.Module):
     A first value of 666 makes it raise (a model bug); the server must survive it.
     """
 
-    def __init__(self, delay_s: float = 0.05) -> None:
+    def __init__(self, delay_s: float = 0.05, load_delay_s: float = 0.0) -> None:
         super().__init__()
+        time.sleep(load_delay_s)  # a model that takes a while to build
         self.delay_s = delay_s
         self.register_buffer("two", torch.tensor(2.0))
 
@@ -45,5 +46,5 @@ def build_affine() -> nn.Module:
     return Affine()
 
 
-def build_slow(delay_s: float = 0.05) -> nn.Module:
-    return Slow(delay_s)
+def build_slow(delay_s: float = 0.05, load_delay_s: float = 0.0) -> nn.Module:
+    return Slow(delay_s, load_delay_s)
