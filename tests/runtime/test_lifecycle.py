@@ -191,3 +191,14 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path: Path) -> No
     assert not wrong, wrong[:5]
     assert len(answered) > 12 and set(answered) == {200}
     assert "drained" in server.log
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_gpu_refuses_to_start(tmp_path: Path) -> None:
+    model_dir = tmp_path / "m"
+    build_affine_dir(model_dir, "torch-export")
+    termlog = tmp_path / "termination-log"
+    server = Runtime(model_dir, "--device", "cuda",
+                     env={"MODELFLEET_TERMINATION_LOG": str(termlog)})  # fmt: skip
+    assert wait_exit(server) == 1
+    assert "no CUDA device" in termlog.read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,17 @@ def test_invalid_command_lines_are_refused(argv: list[str]) -> None:
 def test_fetch_command_line() -> None:
     args = build_parser().parse_args(["fetch", "https://h/m.tar.gz", "/models", "--digest", DIGEST])
     assert (args.uri, args.dest, args.digest) == ("https://h/m.tar.gz", Path("/models"), DIGEST)
+
+
+def test_cli_and_fetch_do_not_import_torch() -> None:
+    """--help and the fetch init container stay fast: torch loads only for serve."""
+    code = ("import sys, modelfleet_runtime.cli, modelfleet_runtime.fetch; "
+            "sys.exit('torch' in sys.modules)")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_console_script_and_module_entry_points() -> None:
+    for argv in ([sys.executable, "-m", "modelfleet_runtime", "--help"],
+                 [str(Path(sys.executable).with_name("modelfleet-runtime")), "serve", "--help"]):
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
+        assert "modelfleet-runtime" in out.stdout
