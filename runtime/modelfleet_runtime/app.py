@@ -230,7 +230,7 @@ class App:
         return _json(200, {
             "name": "modelfleet",
             "version": __version__,
-            "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+            "extensions": ["binary_tensor_data", "model_configuration"],
         })  # fmt: skip
 
     def _metrics(self) -> Response:
@@ -309,6 +309,12 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
     metrics = Metrics(ident.name, ident.version)
     app = App(cfg, ident, metrics, loop)
     http = HttpServer(app.handle, max_body_bytes=cfg.max_body_bytes, error_body=error_body)
+
+    def refused(status: int) -> None:
+        if status == 413:  # an oversized body is an inference request we turned away
+            metrics.request_done(status, 0.0)
+
+    http.on_refused = refused
     try:
         await http.listen(cfg.host, cfg.port)
     except OSError as exc:

@@ -72,6 +72,8 @@ class HttpServer:
         self.connections: set[Connection] = set()
         self.inflight = 0
         self.draining = False
+        # Told the status of every request refused before it reached a handler (e.g. 413).
+        self.on_refused: Callable[[int], None] | None = None
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -227,6 +229,8 @@ class Connection(asyncio.Protocol):
     def _fail(self, exc: HttpError) -> None:
         """Unreadable request: answer it after the ones before it, then close."""
         self.closing = True
+        if self.server.on_refused is not None:
+            self.server.on_refused(exc.status)
         slot: list[bytes | None] = [None]
         self.pending.append(slot)
         slot[0] = _serialize(Response(exc.status, self.server.error_body(exc.message)), True)

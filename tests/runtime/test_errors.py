@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import Runtime
+from conftest import Runtime, metric_value
 from testnets import Affine
 
 pytestmark = pytest.mark.runtime
@@ -90,6 +90,7 @@ def test_body_over_limit_is_413(affine_servers: dict[str, tuple[Runtime, Affine]
     server, _ = affine_servers["torchscript"]
     status, error = post(server, b" " * 70000)
     assert status == 413 and "65536" in error
+    assert metric_value(server.metrics(), "modelfleet_requests_total", outcome="too_large") >= 1
     # The server stays up for the next client.
     assert server.request("GET", "/v2/health/ready")[0] == 200
 
