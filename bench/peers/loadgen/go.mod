@@ -1,0 +1,3 @@
+module modelfleet/bench/loadgen
+
+go 1.22
