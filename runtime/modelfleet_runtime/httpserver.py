@@ -190,7 +190,15 @@ class Connection(asyncio.Protocol):
                 return
             answered = True
             server.inflight -= 1
-            slot[0] = _serialize(resp, not keep_alive or server.draining, head_only)
+            # While draining, only the connection's last outstanding answer says "close"
+            # (a pipelining client must still read the answers queued behind it); saying it
+            # means reading no further requests here.
+            close = not keep_alive or (
+                server.draining and slot is self.pending[-1] and self.parser.idle
+            )
+            if close:
+                self.closing = True
+            slot[0] = _serialize(resp, close, head_only)
             self.last_activity = asyncio.get_running_loop().time()
             self._flush()
 

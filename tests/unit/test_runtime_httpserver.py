@@ -16,7 +16,7 @@ def error_body(message: str) -> bytes:
 def handler(req: Request, respond: Respond) -> None:
     """/slow answers later than /fast: pipelined answers must still come back in order."""
     delay = 0.1 if req.path == "/slow" else 0.0
-    body = req.path.encode()
+    body = req.target.encode()
     if delay:
         asyncio.get_running_loop().call_later(delay, respond, Response(200, body, "text/plain"))
     else:
@@ -89,3 +89,20 @@ def test_drain_answers_in_flight_with_connection_close() -> None:
     data, refused = asyncio.run(main())
     assert data.startswith(b"HTTP/1.1 200") and b"Connection: close" in data
     assert data.endswith(b"/slow") and refused == 1
+
+
+def test_drain_says_close_only_on_the_last_pipelined_answer() -> None:
+    async def main() -> bytes:
+        server, port = await start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow?1 HTTP/1.1\r\n\r\nGET /slow?2 HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.02)
+        server.start_drain()  # both are still being worked on
+        data = await asyncio.wait_for(reader.read(), 5)  # both answers, then EOF
+        server.close_all()
+        return data
+
+    data = asyncio.run(main())
+    first, _, second = data.partition(b"/slow?1")
+    assert b"Connection: close" not in first and b"Connection: close" in second
+    assert second.endswith(b"/slow?2")
