@@ -30,7 +30,7 @@ from .httpserver import HttpServer, Respond, Response
 from .manifest import Manifest, load_manifest
 from .metrics import Metrics
 from .model import PLATFORMS, LoadOptions, Model, load
-from .protocol import InferRequest, decode_infer, dumps, encode_response
+from .protocol import InferRequest, decode_infer, decompress, dumps, encode_response
 
 log = logging.getLogger("modelfleet_runtime")
 
@@ -166,7 +166,11 @@ class App:
                 if not raw_len.isdigit():
                     raise BadRequest("Inference-Header-Content-Length must be an integer")
                 header_len = int(raw_len)
-            ir = decode_infer(req.body, header_len, self.manifest)
+            body = req.body
+            encoding = req.headers.get("content-encoding")
+            if encoding is not None:
+                body = decompress(body, encoding, self.cfg.max_body_bytes)
+            ir = decode_infer(body, header_len, self.manifest)
             timeout_s = ir.timeout_s
             raw_timeout = req.headers.get(TIMEOUT_HEADER)
             if raw_timeout is not None:

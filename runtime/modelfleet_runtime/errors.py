@@ -30,6 +30,10 @@ class PayloadTooLarge(ServingError):
     status = 413
 
 
+class UnsupportedMediaType(ServingError):
+    status = 415
+
+
 class ModelFailed(ServingError):
     """The model raised during the forward pass."""
 

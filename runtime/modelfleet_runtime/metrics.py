@@ -21,6 +21,7 @@ OUTCOMES = {
     400: "invalid",
     404: "not_found",
     413: "too_large",
+    415: "invalid",
     429: "overloaded",
     500: "error",
     503: "unavailable",

@@ -12,11 +12,12 @@ import ctypes
 import dataclasses
 import json
 import math
+import zlib
 from typing import Any
 
 import torch
 
-from .errors import BadRequest
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from .manifest import Manifest, TensorSpec
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -278,6 +279,29 @@ def encode_response(
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
+
+
+def decompress(body: bytearray, encoding: str, limit: int) -> bytearray:
+    """Undo ``Content-Encoding`` gzip / deflate (tritonclient's request compression), refusing
+    anything that inflates past ``limit`` bytes."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
+    # deflate means a zlib stream (RFC 9110), though some clients send raw deflate
+    for wbits in ((16 + zlib.MAX_WBITS,) if "gzip" in encoding else (zlib.MAX_WBITS, -15)):
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise PayloadTooLarge(f"decompressed request body exceeds {limit} bytes")
+        if not inflater.eof:
+            raise BadRequest(f"truncated {encoding} request body")
+        return bytearray(out)
+    raise BadRequest(f"request body is not valid {encoding} data")
 
 
 def dumps(doc: Any) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -93,6 +94,16 @@ def test_body_over_limit_is_413(affine_servers: dict[str, tuple[Runtime, Affine]
     assert metric_value(server.metrics(), "modelfleet_requests_total", outcome="too_large") >= 1
     # The server stays up for the next client.
     assert server.request("GET", "/v2/health/ready")[0] == 200
+
+
+def test_bad_content_encoding(affine_servers: dict[str, tuple[Runtime, Affine]]) -> None:
+    server, _ = affine_servers["torchscript"]
+    body = json.dumps({"inputs": good_inputs()}).encode()
+    assert post(server, body, {"Content-Encoding": "br"})[0] == 415
+    status, error = post(server, body, {"Content-Encoding": "gzip"})
+    assert status == 400 and "gzip" in error
+    bomb = gzip.compress(b" " * 200_000)  # inflates past the 64 KiB limit
+    assert post(server, bomb, {"Content-Encoding": "gzip"})[0] == 413
 
 
 def test_model_raising_is_500_and_server_survives(slow_server: Runtime) -> None:

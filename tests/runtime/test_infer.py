@@ -71,6 +71,25 @@ def test_tritonclient_binary_and_json(affine: tuple[Runtime, Affine]) -> None:
     client.close()
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_request_compression(
+    affine_servers: dict[str, tuple[Runtime, Affine]], algorithm: str
+) -> None:
+    server, module = affine_servers["safetensors"]
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    x = torch.randn(3, 4)
+    scale = torch.ones(3, 1)
+    inputs = [triton.InferInput("x", [3, 4], "FP32"), triton.InferInput("scale", [3, 1], "FP32")]
+    inputs[0].set_data_from_numpy(x.numpy())
+    inputs[1].set_data_from_numpy(scale.numpy(), binary_data=False)
+    result = client.infer(server.model_dir.name, inputs, request_compression_algorithm=algorithm,
+                          response_compression_algorithm=algorithm)  # fmt: skip
+    want_y, want_label = direct(module, x, scale)
+    assert result.as_numpy("y").flatten().tolist() == pytest.approx(want_y, rel=1e-5, abs=1e-6)
+    assert result.as_numpy("label").tolist() == want_label
+    client.close()
+
+
 def test_binary_request_by_hand_and_binary_output(affine: tuple[Runtime, Affine]) -> None:
     server, module = affine
     x = torch.randn(2, 4)
