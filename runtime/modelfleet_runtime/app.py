@@ -105,6 +105,12 @@ class App:
             if path.startswith("/v2/models/"):
                 self._model_route(req, respond, path)
                 return
+            if path == "/v2/repository/index":  # Triton's model repository extension
+                if req.method != "POST":
+                    raise MethodNotAllowed("repository index needs POST")
+                respond(_json(200, [{"name": self.name, "version": self.version,
+                                     "state": "READY" if self.ready else "UNAVAILABLE"}]))
+                return
             route = self._routes.get(path.rstrip("/") or "/")
             if route is None:
                 raise NotFound(f"no route for {path}")

@@ -51,6 +51,8 @@ def test_tritonclient_binary_and_json(affine: tuple[Runtime, Affine]) -> None:
     assert client.is_model_ready(name)
     meta = client.get_model_metadata(name)
     assert [i["name"] for i in meta["inputs"]] == ["x", "scale"]
+    assert client.get_model_repository_index() == [
+        {"name": name, "version": "1", "state": "READY"}]  # fmt: skip
     config = client.get_model_config(name)
     assert config["max_batch_size"] == 16 and config["input"][0]["dims"] == [4]
     x = torch.randn(5, 4)
