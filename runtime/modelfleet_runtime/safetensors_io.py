@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
 import struct
 from pathlib import Path
 
@@ -29,7 +31,21 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    data = bytearray(path.read_bytes())
+    # Map rather than read: each tensor is copied out once, so peak memory stays near the
+    # model's size instead of twice it. ACCESS_COPY gives torch the writable buffer it wants.
+    with path.open("rb") as f:
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except ValueError:  # empty file
+            raise LoadError(f"{path.name}: not a safetensors file (empty)") from None
+    try:
+        return _parse(path, data)
+    finally:
+        with contextlib.suppress(BufferError):  # a view still alive on an error path
+            data.close()
+
+
+def _parse(path: Path, data: mmap.mmap) -> dict[str, torch.Tensor]:
     if len(data) < 8:
         raise LoadError(f"{path.name}: not a safetensors file (too short)")
     (header_len,) = struct.unpack_from("<Q", data, 0)
@@ -42,7 +58,6 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(header, dict):
         raise LoadError(f"{path.name}: invalid safetensors header")
     base = 8 + header_len
-    view = memoryview(data)
     tensors: dict[str, torch.Tensor] = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -61,7 +76,10 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         if count == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
             continue
-        raw = view[base + start : base + end]
-        # clone: own, aligned memory rather than a view into the file buffer
-        tensors[name] = torch.frombuffer(raw, dtype=dtype).view(shape).clone()
+        # clone: own, aligned memory rather than a view into the mapping (closed on return)
+        view = torch.frombuffer(data, dtype=torch.uint8, count=end - start, offset=base + start)
+        try:
+            tensors[name] = view.view(dtype).view(shape).clone()
+        except RuntimeError as exc:
+            raise LoadError(f"{path.name}: tensor {name!r}: {exc}") from None
     return tensors

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
 from modelfleet_runtime.errors import BadRequest, LoadError
 from modelfleet_runtime.manifest import parse_manifest
 from modelfleet_runtime.protocol import decode_infer, encode_response
+from modelfleet_runtime.safetensors_io import read_safetensors
+from safetensors.torch import save_file
 
 MANIFEST = parse_manifest({
     "format": "torchscript",
@@ -86,3 +89,22 @@ def test_encode_json_and_binary_outputs() -> None:
     assert doc["outputs"][0] == {"name": "y", "datatype": "FP32", "shape": [1], "data": [0.5]}
     assert doc["outputs"][1]["parameters"] == {"binary_data_size": 1}
     assert body[header_len:] == b"\x01"
+
+
+def test_safetensors_reader_round_trip_and_refusals(tmp_path: Path) -> None:
+    tensors = {
+        "w": torch.randn(3, 5), "ids": torch.arange(7), "half": torch.randn(2).bfloat16(),
+        "empty": torch.zeros(0, 3), "flags": torch.tensor([True, False]),
+    }  # fmt: skip
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, str(path))
+    loaded = read_safetensors(path)
+    assert loaded.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor)
+    for bad in (b"", b"\x05", struct.pack("<Q", 1 << 40) + b"{}", struct.pack("<Q", 2) + b"[]",
+                struct.pack("<Q", 60) + b'{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,4]}}'
+                + b"    "):  # fmt: skip
+        path.write_bytes(bad)
+        with pytest.raises(LoadError):
+            read_safetensors(path)
