@@ -138,20 +138,17 @@ class Raw:
             warnings.simplefilter("ignore", FutureWarning)
             self.model = torch.jit.load(str(model_dir / "model.pt"))
         self.features = features
-        self.cache: dict[int, float] = {}
 
-    def rows_per_s(self, batch: int, seconds: float = 1.0) -> float:
-        if batch not in self.cache:
-            x = self.torch.rand(batch, self.features)
-            with self.torch.inference_mode():
-                for _ in range(3):
-                    self.model(x)
-                n, t0 = 0, time.perf_counter()
-                while (elapsed := time.perf_counter() - t0) < seconds:
-                    self.model(x)
-                    n += 1
-            self.cache[batch] = n * batch / elapsed
-        return self.cache[batch]
+    def rows_per_s(self, batch: int, seconds: float = 0.5) -> float:
+        x = self.torch.rand(batch, self.features)
+        with self.torch.inference_mode():
+            for _ in range(3):
+                self.model(x)
+            n, t0 = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - t0) < seconds:
+                self.model(x)
+                n += 1
+        return n * batch / elapsed
 
     def p50_forward_s(self) -> float:
         x = self.torch.rand(1, self.features)
@@ -159,7 +156,7 @@ class Raw:
         with self.torch.inference_mode():
             for _ in range(3):
                 self.model(x)
-            end = time.perf_counter() + 1.0
+            end = time.perf_counter() + 0.5
             while time.perf_counter() < end:
                 t0 = time.perf_counter()
                 self.model(x)
@@ -265,15 +262,24 @@ def main() -> None:
         for name, model_dir in dirs.items():
             features = json.loads((model_dir / "request.json").read_text())["inputs"][0]["shape"][1]
             raw = Raw(model_dir, features)
-            forward_s = raw.p50_forward_s()
             for max_batch in (MAX_BATCH, 1):
+                last_batch = 1
+                forward_s = raw.p50_forward_s()
                 server = Server(model_dir, args.threads, max_batch)
                 try:
                     for c in CONCURRENCY:
+                        # The batch size is known only afterwards: measure raw at the previous
+                        # point's batch size before and at this one's after, so machine load
+                        # drifting during the run hits both sides (this box is shared).
+                        before = raw.rows_per_s(last_batch)
                         r = drive(server, name, model_dir / "request.json", concurrency=c,
                                   duration=args.duration, warmup=args.warmup)  # fmt: skip
                         batch = max(1, round(r["mean_batch"]))
-                        raw_rps = raw.rows_per_s(batch)
+                        after = raw.rows_per_s(batch)
+                        raw_rps = (before + after) / 2 if batch == last_batch else after
+                        last_batch = batch
+                        if c == 1:  # the bare forward pass, measured next to this point
+                            forward_s = (forward_s + raw.p50_forward_s()) / 2
                         rows.append((name, forward_s, max_batch, c, r, raw_rps))
                 finally:
                     server.stop()
