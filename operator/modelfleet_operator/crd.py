@@ -139,7 +139,9 @@ def runtime_schema() -> Schema:
                                     "(overloadStatus) instead of adding latency.", minimum=1,
                                     maximum=1000000, **_d("runtime.batching.maxQueueSize")),
         },
-        rules=[rule("self.maxQueueSize >= self.maxBatchSize",
+        # has(): the apiserver also checks the rule against the bare default {}.
+        rules=[rule("!has(self.maxQueueSize) || !has(self.maxBatchSize) || "
+                    "self.maxQueueSize >= self.maxBatchSize",
                     "maxQueueSize must be >= maxBatchSize", field_path=".maxQueueSize")],
         default={},
     )
@@ -351,9 +353,11 @@ def spec_schema() -> Schema:
         },
         required=["model"],
         rules=[
-            rule("!(has(self.gpu) && self.runtime.device == 'cpu')",
+            rule("!(has(self.gpu) && has(self.runtime) && has(self.runtime.device) && "
+                 "self.runtime.device == 'cpu')",
                  "runtime.device is cpu but gpu requests GPUs", field_path=".runtime.device"),
-            rule("has(self.gpu) || self.runtime.device != 'cuda'",
+            rule("has(self.gpu) || !has(self.runtime) || !has(self.runtime.device) || "
+                 "self.runtime.device != 'cuda'",
                  "runtime.device cuda needs spec.gpu", field_path=".runtime.device"),
         ],
     )
@@ -435,7 +439,8 @@ def crd() -> dict[str, Any]:
         {
             "apiVersion": string("API version of this object."),
             "kind": string("ModelDeployment."),
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The apiserver allows nothing but the type here (metadata is implicit).
+            "metadata": {"type": "object"},
             "spec": spec_schema(),
             "status": status_schema(),
         },
