@@ -73,7 +73,8 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ("overload status", {"runtime": {"overloadStatus": 500}}, ["spec.runtime.overloadStatus"]),
     ("port out of range", {"service": {"port": 70000}}, ["spec.service.port"]),
     ("unknown strategy", {"rollout": {"strategy": "BlueGreen"}}, ["spec.rollout.strategy"]),
-    ("unknown field is not silently dropped", {"gpus": 2}, [".spec.gpus: field not declared in schema"]),
+    ("unknown field is not silently dropped", {"gpus": 2},
+     [".spec.gpus: field not declared in schema"]),
 ]
 
 
