@@ -64,6 +64,10 @@ def _add(
     """A flag whose default comes from its MODELFLEET_* variable when that is set."""
     env = env_name(flag)
     raw = os.environ.get(env)
+    if raw is not None and raw.startswith(("tcp://", "udp://", "sctp://")):
+        # Kubernetes service links: a Service named "modelfleet" injects MODELFLEET_PORT=tcp://…
+        # into every pod of its namespace. That is not a setting for us.
+        raw = None
     if raw is not None and raw != "":
         try:
             default = type(raw)

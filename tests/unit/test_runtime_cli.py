@@ -95,3 +95,12 @@ def test_console_script_and_module_entry_points() -> None:
                  [str(Path(sys.executable).with_name("modelfleet-runtime")), "serve", "--help"]):
         out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
         assert "modelfleet-runtime" in out.stdout
+
+
+def test_kubernetes_service_link_variables_are_not_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Service named "modelfleet" injects MODELFLEET_PORT=tcp://... into pods."""
+    monkeypatch.setenv("MODELFLEET_PORT", "tcp://10.96.0.12:8080")
+    cfg = serve_config(build_parser().parse_args(["serve", "--model-dir", "m"]))
+    assert cfg.port == 8080
