@@ -264,16 +264,20 @@ def namespace(cluster: KubeCluster, name: str, timeout: float = 90) -> Iterator[
         yield name
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
-        # Waiting keeps tests independent: a dying namespace's pods still hold GPUs.
+        # Wait until its pods are gone, since a dying namespace's pods still hold GPUs. The
+        # Namespace object itself lingers a few more seconds; nothing needs to wait for that.
         wait_for(
-            lambda: cluster.kubectl("get", "namespace", name, check=False).returncode != 0,
+            lambda: not _pods_left(cluster, name),
             timeout=timeout,
-            what=f"namespace {name} to be deleted",
+            what=f"the pods of deleted namespace {name} to go",
             interval=0.5,
-            describe=lambda: (
-                cluster.kubectl("get", "namespace", name, "-o", "yaml", check=False).stdout
-            ),
+            describe=lambda: cluster.kubectl("-n", name, "get", "pods", check=False).stdout,
         )
+
+
+def _pods_left(cluster: KubeCluster, namespace: str) -> bool:
+    proc = cluster.kubectl("-n", namespace, "get", "pods", "-o", "name", check=False)
+    return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
 # ---------------------------------------------------------------------------------------------
