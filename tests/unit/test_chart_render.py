@@ -277,8 +277,10 @@ def test_rbac_grants_what_the_operator_uses(helm: Path) -> None:
         # Server-side apply of a new object needs create as well as patch.
         assert {"list", "watch", "create", "patch", "delete"} <= rules[child], child
     # Read-only where the operator only reads.
-    for read_only in (("", "pods"), ("", "nodes"), ("", "namespaces")):
+    for read_only in (("", "pods"), ("", "nodes")):
         assert rules[read_only] <= {"get", "list", "watch"}, read_only
+    # kopf lists namespaces only when given --namespace, never with --all-namespaces.
+    assert ("", "namespaces") not in rules
 
 
 def test_namespace_scope_keeps_only_cluster_scoped_reads_in_the_cluster_role(helm: Path) -> None:
@@ -288,9 +290,10 @@ def test_namespace_scope_keeps_only_cluster_scoped_reads_in_the_cluster_role(hel
     assert all(v <= {"get", "list", "watch"} for v in cluster.values())
     full = rules_by_resource(one(template(helm), "ClusterRole")["rules"])
     namespaced = rules_by_resource(one(docs, "Role")["rules"])
-    # The Role plus the small ClusterRole grant exactly what the cluster-wide role grants.
+    # The Role plus the small ClusterRole grant what the cluster-wide role grants, plus the
+    # namespace reads kopf needs for --namespace.
     union = {k: namespaced.get(k, set()) | cluster.get(k, set()) for k in {*namespaced, *cluster}}
-    assert union == full
+    assert union == {**full, ("", "namespaces"): {"list", "watch"}}
     assert one(docs, "ClusterRole")["metadata"]["name"] == "modelfleet-modelfleet-system"
 
 
@@ -411,3 +414,26 @@ def test_notes_name_the_watched_namespaces(helm: Path, tmp_path: Path) -> None:
     notes = render_notes(helm, tmp_path, "operator.scope=namespace",
                          "operator.watchNamespaces={ml,ml-staging}")
     assert "only in: ml, ml-staging" in notes
+
+
+def test_rbac_covers_every_api_the_operator_code_names(helm: Path) -> None:
+    """Static half of the RBAC proof: a kind added to the operator's kube.KINDS, CHILD_KINDS or
+    kopf watches fails here before it fails in a cluster (the dynamic half runs the operator
+    as the chart's ServiceAccount in tests/integration/test_helm_rbac.py)."""
+    from modelfleet_operator import handlers, kube  # noqa: PLC0415 (operator code under test)
+
+    rules = rules_by_resource(one(template(helm), "ClusterRole")["rules"])
+
+    def granted(kind: kube.Kind) -> set[str]:
+        group = kind.group_version.rpartition("/")[0]
+        return rules.get((group, kind.plural), set())
+
+    for name, kind in kube.KINDS.items():
+        assert granted(kind), f"kube.KINDS[{name!r}] ({kind.plural}) has no RBAC rule"
+    for name in kube.CHILD_KINDS:
+        # apply = patch (+ create for a new object); prune = list + delete.
+        missing = {"create", "patch", "list", "delete"} - granted(kube.KINDS[name])
+        assert not missing, f"{name}: the chart does not grant {sorted(missing)}"
+    for group, _version, plural, _full in handlers.CHILD_WATCHES:
+        assert {"list", "watch"} <= rules.get((group, plural), set()), plural
+    assert {"list", "watch", "patch"} <= rules[("modelfleet.io", "modeldeployments")]

@@ -11,15 +11,15 @@ operator as this ServiceAccount and fails on any "forbidden".
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
-# kopf: lists and watches namespaces when started with --namespace.
-- apiGroups: [""]
-  resources: ["namespaces"]
-  verbs: ["list", "watch"]
 # operator: GPU capacity per node (rollout strategy, why pods are Pending).
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["list"]
 {{- if eq .Values.operator.scope "namespace" }}
+# kopf: lists and watches namespaces when started with --namespace (not --all-namespaces).
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
 # operator: GPUs in use on each node are held by pods of every namespace, not only the
 # watched ones; without this it assumes no spare GPU (never surges).
 - apiGroups: [""]
