@@ -437,3 +437,49 @@ def test_rbac_covers_every_api_the_operator_code_names(helm: Path) -> None:
     for group, _version, plural, _full in handlers.CHILD_WATCHES:
         assert {"list", "watch"} <= rules.get((group, plural), set()), plural
     assert {"list", "watch", "patch"} <= rules[("modelfleet.io", "modeldeployments")]
+
+
+CLI_CASES = {
+    "defaults": [],
+    "namespace scope": ["operator.scope=namespace", "operator.watchNamespaces={ml,ml-dev}"],
+    "debug json": ["operator.logLevel=debug", "operator.logFormat=json"],
+    "quiet plain": ["operator.logLevel=quiet", "operator.logFormat=plain"],
+    "verbose, other ports": ["operator.logLevel=verbose", "operator.healthPort=18080",
+                             "operator.metricsPort=19090"],
+    "pinned runtime": ["runtime.image.digest=sha256:" + "c" * 64,
+                       "runtime.image.pullPolicy=Never"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_rendered_command_line_is_accepted_by_the_operator_cli(
+    helm: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart and the operator meet in its command line and environment (as the runtime and
+    the operator do): what the chart renders must parse, and mean what the values say."""
+    from modelfleet_operator.__main__ import build_parser  # noqa: PLC0415 (code under test)
+
+    values = CLI_CASES[case]
+    c = operator_container(template(helm, *values))
+    env = env_of(c)
+    for name, value in env.items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    assert c["command"] == ["modelfleet-operator"]
+    args = build_parser().parse_args(c["args"])
+    if "operator.scope=namespace" in values:
+        assert args.namespace == ["ml", "ml-dev"] and not args.all_namespaces
+    else:
+        assert args.all_namespaces and not args.namespace
+    # The CLI reads its runtime defaults from the env the chart sets.
+    assert args.runtime_image == env["MODELFLEET_RUNTIME_IMAGE"]
+    assert args.runtime_image_pull_policy == env["MODELFLEET_RUNTIME_IMAGE_PULL_POLICY"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert args.liveness == f"http://0.0.0.0:{ports['health']}/healthz"
+    assert args.metrics_port == ports["metrics"]
+    level = next((v.split("=")[1] for v in values if v.startswith("operator.logLevel=")),
+                 "normal")
+    assert (args.debug, args.verbose, args.quiet) == (
+        level == "debug", level == "verbose", level == "quiet")
+    fmt = next((v.split("=")[1] for v in values if v.startswith("operator.logFormat=")), "full")
+    assert args.log_format == fmt
