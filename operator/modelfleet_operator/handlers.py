@@ -63,6 +63,14 @@ def _owner_name(body: Mapping[str, Any]) -> str | None:
 def register(registry: kopf.OperatorRegistry, *, resync_seconds: float) -> None:
     """Attach the handlers to ``registry`` (explicit, so tests can build their own)."""
 
+    # A custom registry has none of kopf's default login handlers: in a pod, the service
+    # account; elsewhere, the kubeconfig ($KUBECONFIG or ~/.kube/config).
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+        return info or kopf.login_with_kubeconfig(**kwargs)
+
+    kopf.on.login(registry=registry)(login)
+
     def on_change(*, memo: Any, namespace: str | None, name: str, reason: str,
                   **_: Any) -> None:
         _run(memo, namespace or "", name, str(reason))

@@ -27,7 +27,14 @@ from .render.deployment import (
 )
 from .render.service import service_url
 from .spec import InvalidSpec, ModelDeploymentSpec, parse_spec
-from .status import Observed, Problem, Reason, compute_status, status_changed
+from .status import (
+    Observed,
+    Problem,
+    Reason,
+    compute_status,
+    diagnose_pods,
+    status_changed,
+)
 
 log = logging.getLogger("modelfleet.operator")
 T = TypeVar("T")
@@ -166,6 +173,8 @@ class Reconciler:
         except InvalidSpec as exc:
             invalid = exc
         deployment = self._call(lambda: self.kube.get("Deployment", namespace, name))
+        pods_before = self._call(lambda: self.kube.list("Pod", namespace,
+                                                        labels=selector_string(owner)))
         problems: list[Problem] = []
         strategy: Strategy | None = None
         error: KubeError | None = None
@@ -180,14 +189,21 @@ class Reconciler:
             strategy = existing_strategy(deployment, template_hash(template))
             if strategy is None:
                 strategy = choose_strategy(spec, spec.desired_replicas(), self._spare(spec))
+            elif _surge_stuck(spec, strategy, pods_before):
+                # The free GPU seen when the rollout began is gone (taken by someone else,
+                # or by a race): stop waiting for a surge pod that cannot schedule.
+                strategy = choose_strategy(spec, spec.desired_replicas(), 0)
+                log.info("%s/%s: surge pod unschedulable, switching to %s", namespace, name,
+                         strategy.describe())
             if full:
                 try:
                     deployment = self._apply(owner, spec, strategy) or deployment
                 except KubeError as exc:
                     error = exc
                     problems.append(Problem(Reason.APPLY_FAILED, exc.message or str(exc)))
-        pods = self._call(lambda: self.kube.list("Pod", namespace,
-                                                 labels=selector_string(owner)))
+        # After an apply the pods may have changed; otherwise the first list is current.
+        pods = pods_before if not full else self._call(
+            lambda: self.kube.list("Pod", namespace, labels=selector_string(owner)))
         observed = Observed(
             generation=owner.generation,
             selector=selector_string(owner),
@@ -255,6 +271,9 @@ class Reconciler:
     def _spare(self, spec: ModelDeploymentSpec) -> int | None:
         if spec.gpu is None or spec.rollout.strategy != "Auto":
             return None
+        # A rollout decision is rare (once per template) and must not use a stale view:
+        # pods bound seconds ago hold GPUs a cached list does not show.
+        self.cluster.invalidate()
         nodes = self.cluster.nodes()
         pods = self.cluster.active_pods()
         if nodes is None or pods is None:
@@ -289,6 +308,14 @@ class Reconciler:
                         self.metrics.prunes.labels(kind).inc()
                         log.info("pruned %s %s/%s", kind, owner.namespace,
                                  obj["metadata"]["name"])
+
+
+def _surge_stuck(spec: ModelDeploymentSpec, strategy: Strategy,
+                 pods: list[dict[str, Any]]) -> bool:
+    if spec.rollout.strategy != "Auto" or spec.gpu is None or strategy.max_surge == 0 or (
+            strategy.type != "RollingUpdate"):
+        return False
+    return any(p.reason == Reason.INSUFFICIENT_GPU for p in diagnose_pods(pods, spec))
 
 
 def _ours(obj: dict[str, Any]) -> bool:

@@ -27,11 +27,15 @@ TEST_IMAGE = "registry.invalid/modelfleet-runtime:test"
 
 def install_crd(cluster: KubeCluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/modeldeployments.modelfleet.io")
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modelfleet.io"
+    )
     # Discovery caches catch up a moment after Established.
-    wait_for(lambda: cluster.kubectl("get", "mdep", "-A", check=False).returncode == 0,
-             timeout=30, what="mdep to be served")
+    wait_for(
+        lambda: cluster.kubectl("get", "mdep", "-A", check=False).returncode == 0,
+        timeout=30,
+        what="mdep to be served",
+    )
 
 
 def free_port() -> int:
@@ -43,8 +47,9 @@ def free_port() -> int:
 class OperatorProcess:
     """`python -m modelfleet_operator` against the test cluster, logs in a file."""
 
-    def __init__(self, cluster: KubeCluster, log_path: pathlib.Path,
-                 resync_seconds: float = 20) -> None:
+    def __init__(
+        self, cluster: KubeCluster, log_path: pathlib.Path, resync_seconds: float = 20
+    ) -> None:
         self.cluster = cluster
         self.log_path = log_path
         self.resync = resync_seconds
@@ -59,15 +64,33 @@ class OperatorProcess:
         env["PYTHONUNBUFFERED"] = "1"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet_operator", "--all-namespaces", "--verbose",
-             "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
-             "--metrics-port", str(self.metrics_port),
-             "--resync-seconds", str(self.resync),
-             "--kubeconfig", str(self.cluster.kubeconfig)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "modelfleet_operator",
+                "--all-namespaces",
+                "--liveness",
+                f"http://127.0.0.1:{self.health_port}/healthz",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--resync-seconds",
+                str(self.resync),
+                "--kubeconfig",
+                str(self.cluster.kubeconfig),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
         log.close()
-        wait_for(self._healthy, timeout=60, what="the operator's liveness endpoint",
-                 describe=self.log_tail)
+        wait_for(
+            self._healthy,
+            timeout=60,
+            what="the operator's liveness endpoint",
+            describe=self.log_tail,
+        )
         return self
 
     def _healthy(self) -> bool:
@@ -75,14 +98,16 @@ class OperatorProcess:
             raise AssertionError(f"operator exited early:\n{self.log_tail()}")
         try:
             with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as resp:
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as resp:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as resp:
             return str(resp.read().decode())
 
     def kill(self) -> None:
@@ -106,8 +131,9 @@ class OperatorProcess:
             return "<no log>"
 
 
-def manifest(name: str, spec: dict[str, Any] | None = None, *, load_seconds: float = 1,
-             **top: Any) -> dict[str, Any]:
+def manifest(
+    name: str, spec: dict[str, Any] | None = None, *, load_seconds: float = 1, **top: Any
+) -> dict[str, Any]:
     base: dict[str, Any] = {
         "model": {"uri": f"https://models.example.com/{name}.tar.gz", "version": "1"},
         "gpu": {"count": 1, "products": [H100]},
@@ -118,14 +144,17 @@ def manifest(name: str, spec: dict[str, Any] | None = None, *, load_seconds: flo
         if value is None:
             base.pop(key, None)
         elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
+            merged = {**base[key], **value}
+            base[key] = {k: v for k, v in merged.items() if v is not None}
         else:
             base[key] = copy.deepcopy(value)
     out = {
         "apiVersion": "modelfleet.io/v1alpha1",
         "kind": "ModelDeployment",
-        "metadata": {"name": name,
-                     "annotations": {"modelfleet.io/simulated-load-seconds": str(load_seconds)}},
+        "metadata": {
+            "name": name,
+            "annotations": {"modelfleet.io/simulated-load-seconds": str(load_seconds)},
+        },
         "spec": base,
     }
     out.update(top)
@@ -148,16 +177,24 @@ def cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 
 
 def describe(cluster: KubeCluster, namespace: str) -> str:
-    out = cluster.kubectl("-n", namespace, "get", "mdep,deploy,rs,pods,svc,pdb,hpa", "-o",
-                          "wide", check=False)
+    out = cluster.kubectl(
+        "-n", namespace, "get", "mdep,deploy,rs,pods,svc,pdb,hpa", "-o", "wide", check=False
+    )
     md = cluster.kubectl("-n", namespace, "get", "mdep", "-o", "yaml", check=False)
     return out.stdout + out.stderr + "\n" + md.stdout[-6000:]
 
 
 def wait_condition(  # noqa: PLR0917 (reads like the condition it waits for)
-        cluster: KubeCluster, namespace: str, name: str, type_: str, status: str,
-                   reason: str | None = None, *, timeout: float = 90,
-                   generation_current: bool = True) -> dict[str, Any]:
+    cluster: KubeCluster,
+    namespace: str,
+    name: str,
+    type_: str,
+    status: str,
+    reason: str | None = None,
+    *,
+    timeout: float = 90,
+    generation_current: bool = True,
+) -> dict[str, Any]:
     """Wait until the ModelDeployment's condition matches; returns the object."""
 
     def probe() -> dict[str, Any] | None:
@@ -165,19 +202,26 @@ def wait_condition(  # noqa: PLR0917 (reads like the condition it waits for)
         c = cond(obj, type_)
         if not obj or c.get("status") != status or (reason and c.get("reason") != reason):
             return None
-        if generation_current and obj["status"].get("observedGeneration") != obj[
-                "metadata"]["generation"]:
+        if (
+            generation_current
+            and obj["status"].get("observedGeneration") != obj["metadata"]["generation"]
+        ):
             return None
         return obj
 
-    return wait_for(probe, timeout=timeout, interval=0.5,
-                    what=f"mdep {name} {type_}={status}" + (f" ({reason})" if reason else ""),
-                    describe=lambda: describe(cluster, namespace))
+    return wait_for(
+        probe,
+        timeout=timeout,
+        interval=0.5,
+        what=f"mdep {name} {type_}={status}" + (f" ({reason})" if reason else ""),
+        describe=lambda: describe(cluster, namespace),
+    )
 
 
 def pods_of(cluster: KubeCluster, namespace: str, name: str) -> list[dict[str, Any]]:
-    data = cluster.kubectl_json("-n", namespace, "get", "pods", "-l",
-                                f"app.kubernetes.io/instance={name}")
+    data = cluster.kubectl_json(
+        "-n", namespace, "get", "pods", "-l", f"app.kubernetes.io/instance={name}"
+    )
     return [p for p in data["items"] if not p["metadata"].get("deletionTimestamp")]
 
 

@@ -27,8 +27,9 @@ from operator_support import (
 
 
 @pytest.fixture(scope="module")
-def operator(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[OperatorProcess]:
+def operator(
+    kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     install_crd(kube_cluster)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     proc = OperatorProcess(kube_cluster, log, resync_seconds=15).start()
@@ -45,12 +46,21 @@ def k(kube_cluster: KubeCluster, operator: OperatorProcess) -> KubeCluster:
 
 
 def apply(k: KubeCluster, namespace: str, body: dict[str, object]) -> None:
-    k.kubectl("apply", "-n", namespace, "--server-side", "--field-manager=test", "-f", "-",
-              input=json.dumps(body))
+    k.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "--server-side",
+        "--field-manager=test",
+        "-f",
+        "-",
+        input=json.dumps(body),
+    )
 
 
 def test_create_makes_children_schedules_on_h100_and_reports_ready(
-        k: KubeCluster, namespace: str) -> None:
+    k: KubeCluster, namespace: str
+) -> None:
     apply(k, namespace, manifest("resnet", {"replicas": 2, "model": {"version": "3"}}))
     md = wait_condition(k, namespace, "resnet", "Ready", "True", "AllReplicasReady")
     uid = md["metadata"]["uid"]
@@ -58,13 +68,16 @@ def test_create_makes_children_schedules_on_h100_and_reports_ready(
     assert st["observedGeneration"] == md["metadata"]["generation"]
     assert (st["replicas"], st["readyReplicas"], st["updatedReplicas"]) == (2, 2, 2)
     assert st["url"] == f"http://resnet.{namespace}.svc:8080/v2/models/resnet"
-    assert st["selector"] == ("app.kubernetes.io/instance=resnet,"
-                              "app.kubernetes.io/managed-by=modelfleet-operator")
+    assert st["selector"] == (
+        "app.kubernetes.io/instance=resnet,app.kubernetes.io/managed-by=modelfleet-operator"
+    )
     assert st["model"]["version"] == "3"
     assert st["rolloutStrategy"].startswith("RollingUpdate(maxSurge=1")
     for t in ("Available", "Progressing", "Degraded"):
-        assert cond(md, t)["status"] == {"Available": "True", "Progressing": "False",
-                                         "Degraded": "False"}[t]
+        assert (
+            cond(md, t)["status"]
+            == {"Available": "True", "Progressing": "False", "Degraded": "False"}[t]
+        )
 
     dep = get(k, namespace, "deployment", "resnet")
     assert dep is not None
@@ -74,15 +87,18 @@ def test_create_makes_children_schedules_on_h100_and_reports_ready(
     assert c["image"] == TEST_IMAGE  # the operator's configured default
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
-        pod["tolerations"])
+        pod["tolerations"]
+    )
     svc = get(k, namespace, "service", "resnet")
     assert svc is not None and svc["spec"]["ports"][0]["port"] == 8080
     assert svc["metadata"]["ownerReferences"][0]["uid"] == uid
     pdb = get(k, namespace, "pdb", "resnet")
     assert pdb is not None and pdb["spec"]["maxUnavailable"] == 1
     # Children are written with server-side apply by one field manager.
-    managers = {m["manager"] for m in dep["metadata"]["managedFields"]
-                if m.get("operation") == "Apply"}
+    full = k.kubectl_json("-n", namespace, "get", "deployment", "resnet", "--show-managed-fields")
+    managers = {
+        m["manager"] for m in full["metadata"]["managedFields"] if m.get("operation") == "Apply"
+    }
     assert managers == {"modelfleet-operator"}
 
     pods = pods_of(k, namespace, "resnet")
@@ -94,14 +110,23 @@ def test_create_makes_children_schedules_on_h100_and_reports_ready(
     row = k.kubectl("-n", namespace, "get", "mdep", "resnet", "--no-headers").stdout.split()
     assert row[:5] == ["resnet", "True", "2/2", "1x", "H100-80GB-HBM3"], row
     assert "resnet:3" in row and "AllReplicasReady" in row
-    events = k.kubectl("-n", namespace, "get", "events", "--field-selector",
-                       "involvedObject.name=resnet,involvedObject.kind=ModelDeployment").stdout
+    events = k.kubectl(
+        "-n",
+        namespace,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=resnet,involvedObject.kind=ModelDeployment",
+    ).stdout
     assert "AllReplicasReady" in events
 
 
 def test_mig_slice_lands_on_the_mig_node(k: KubeCluster, namespace: str) -> None:
-    apply(k, namespace, manifest("bert", {"gpu": {"count": None, "mig": "1g.10gb",
-                                                  "products": [A100]}}))
+    apply(
+        k,
+        namespace,
+        manifest("bert", {"gpu": {"count": None, "mig": "1g.10gb", "products": [A100]}}),
+    )
     wait_condition(k, namespace, "bert", "Ready", "True")
     (pod,) = pods_of(k, namespace, "bert")
     assert pod["spec"]["nodeName"] == "gpu-a100-mig-0"
@@ -109,15 +134,14 @@ def test_mig_slice_lands_on_the_mig_node(k: KubeCluster, namespace: str) -> None
     assert "mig-1g.10gb" in row
 
 
-def test_update_rolls_out_and_observed_generation_follows(k: KubeCluster,
-                                                          namespace: str) -> None:
+def test_update_rolls_out_and_observed_generation_follows(k: KubeCluster, namespace: str) -> None:
     apply(k, namespace, manifest("roll", {"replicas": 2}))
     before = wait_condition(k, namespace, "roll", "Ready", "True")
     old_pods = {p["metadata"]["name"] for p in pods_of(k, namespace, "roll")}
-    apply(k, namespace, manifest("roll", {"replicas": 2, "model": {"version": "2"}},
-                                 load_seconds=3))
-    wait_condition(k, namespace, "roll", "Progressing", "True", "RolloutInProgress",
-                   timeout=30)
+    apply(
+        k, namespace, manifest("roll", {"replicas": 2, "model": {"version": "2"}}, load_seconds=3)
+    )
+    wait_condition(k, namespace, "roll", "Progressing", "True", "RolloutInProgress", timeout=30)
     after = wait_condition(k, namespace, "roll", "Ready", "True", timeout=120)
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
     assert after["status"]["observedGeneration"] == after["metadata"]["generation"]
@@ -129,15 +153,20 @@ def test_update_rolls_out_and_observed_generation_follows(k: KubeCluster,
 
 
 def test_no_spare_gpu_rollout_replaces_in_place_instead_of_deadlocking(
-        k: KubeCluster, namespace: str) -> None:
+    k: KubeCluster, namespace: str
+) -> None:
     # 2 pods x 8 GPUs fill both H100 nodes: a surge pod could never schedule.
     apply(k, namespace, manifest("big", {"replicas": 2, "gpu": {"count": 8}}))
     wait_condition(k, namespace, "big", "Ready", "True", timeout=120)
-    apply(k, namespace, manifest("big", {"replicas": 2, "gpu": {"count": 8},
-                                         "model": {"version": "2"}}))
+    apply(
+        k,
+        namespace,
+        manifest("big", {"replicas": 2, "gpu": {"count": 8}, "model": {"version": "2"}}),
+    )
     md = wait_condition(k, namespace, "big", "Ready", "True", timeout=180)
     assert md["status"]["rolloutStrategy"].startswith(
-        "RollingUpdate(maxSurge=0,maxUnavailable=1)"), md["status"]["rolloutStrategy"]
+        "RollingUpdate(maxSurge=0,maxUnavailable=1)"
+    ), md["status"]["rolloutStrategy"]
     assert "no free nvidia.com/gpu" in md["status"]["rolloutStrategy"]
     assert md["status"]["model"]["version"] == "2"
 
@@ -151,13 +180,20 @@ def test_gpus_exhausted_reports_insufficient_gpu(k: KubeCluster, namespace: str)
     assert cond(md, "Available")["status"] == "True"  # two of three serve
     row = k.kubectl("-n", namespace, "get", "mdep", "huge", "--no-headers").stdout
     assert "InsufficientGPU" in row and "2/3" in row
-    events = k.kubectl("-n", namespace, "get", "events", "--field-selector",
-                       "involvedObject.name=huge,type=Warning").stdout
+    events = k.kubectl(
+        "-n",
+        namespace,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=huge,type=Warning",
+    ).stdout
     assert "InsufficientGPU" in events
 
 
-def test_gpu_product_no_node_offers_is_judged_by_the_operator(k: KubeCluster,
-                                                               namespace: str) -> None:
+def test_gpu_product_no_node_offers_is_judged_by_the_operator(
+    k: KubeCluster, namespace: str
+) -> None:
     apply(k, namespace, manifest("b200", {"gpu": {"products": ["NVIDIA-B200"]}}))
     md = wait_condition(k, namespace, "b200", "Ready", "False", "GPUProductUnavailable")
     assert "NVIDIA-H100-80GB-HBM3" in cond(md, "Ready")["message"]  # lists what exists
@@ -173,20 +209,36 @@ def test_hand_edited_children_are_restored(k: KubeCluster, namespace: str) -> No
     apply(k, namespace, manifest("drift"))
     wait_condition(k, namespace, "drift", "Ready", "True")
     k.kubectl("-n", namespace, "set", "image", "deployment/drift", "runtime=evil:latest")
-    k.kubectl("-n", namespace, "patch", "deployment", "drift", "--type=json", "-p",
-              json.dumps([{"op": "remove", "path": "/spec/template/spec/tolerations"}]))
+    k.kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "deployment",
+        "drift",
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "remove", "path": "/spec/template/spec/tolerations"}]),
+    )
 
     def restored() -> bool:
         dep = get(k, namespace, "deployment", "drift")
         pod = (dep or {}).get("spec", {}).get("template", {}).get("spec", {})
-        return bool(pod.get("containers", [{}])[0].get("image") == TEST_IMAGE
-                    and pod.get("tolerations"))
+        return bool(
+            pod.get("containers", [{}])[0].get("image") == TEST_IMAGE and pod.get("tolerations")
+        )
 
-    wait_for(restored, timeout=30, what="the Deployment to be restored",
-             describe=lambda: describe(k, namespace))
+    wait_for(
+        restored,
+        timeout=30,
+        what="the Deployment to be restored",
+        describe=lambda: describe(k, namespace),
+    )
     k.kubectl("-n", namespace, "delete", "service", "drift")
-    wait_for(lambda: get(k, namespace, "service", "drift"), timeout=30,
-             what="the deleted Service to come back")
+    wait_for(
+        lambda: get(k, namespace, "service", "drift"),
+        timeout=30,
+        what="the deleted Service to come back",
+    )
 
 
 def test_kubectl_scale_mdep(k: KubeCluster, namespace: str) -> None:
@@ -197,35 +249,55 @@ def test_kubectl_scale_mdep(k: KubeCluster, namespace: str) -> None:
     assert md["status"]["readyReplicas"] == 3
     dep = get(k, namespace, "deployment", "scaled")
     assert dep is not None and dep["spec"]["replicas"] == 3
-    scale = json.loads(k.kubectl("get", "--raw", f"/apis/modelfleet.io/v1alpha1/namespaces/"
-                                 f"{namespace}/modeldeployments/scaled/scale").stdout)
+    scale = json.loads(
+        k.kubectl(
+            "get",
+            "--raw",
+            f"/apis/modelfleet.io/v1alpha1/namespaces/{namespace}/modeldeployments/scaled/scale",
+        ).stdout
+    )
     assert scale["status"]["replicas"] == 3
     assert "app.kubernetes.io/instance=scaled" in scale["status"]["selector"]
 
 
 def test_autoscaling_hpa_targets_the_scale_subresource_and_is_pruned(
-        k: KubeCluster, namespace: str) -> None:
-    spec = {"gpu": None, "runtime": {"device": "cpu"},
-            "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "metric": "cpu", "target": 60}}
+    k: KubeCluster, namespace: str
+) -> None:
+    # No replicas in the applied manifest: the HPA owns spec.replicas (via /scale), and an
+    # apply that sets it conflicts with the HPA, as it should.
+    spec = {
+        "gpu": None,
+        "runtime": {"device": "cpu"},
+        "replicas": None,
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "metric": "cpu", "target": 60},
+    }
     apply(k, namespace, manifest("auto", spec))
     md = wait_condition(k, namespace, "auto", "Ready", "True", timeout=60)
     assert md["status"]["replicas"] == 2  # min applies before the HPA's first decision
     hpa = get(k, namespace, "hpa", "auto")
     assert hpa is not None
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "modelfleet.io/v1alpha1",
-                                             "kind": "ModelDeployment", "name": "auto"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "modelfleet.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "auto",
+    }
 
     def hpa_reads_scale() -> bool:
         h = get(k, namespace, "hpa", "auto") or {}
         able = cond(h, "AbleToScale")
         return able.get("status") == "True"
 
-    wait_for(hpa_reads_scale, timeout=90, what="the HPA to read the mdep scale subresource",
-             describe=lambda: json.dumps(get(k, namespace, "hpa", "auto"), indent=1))
+    wait_for(
+        hpa_reads_scale,
+        timeout=90,
+        what="the HPA to read the mdep scale subresource",
+        describe=lambda: json.dumps(get(k, namespace, "hpa", "auto"), indent=1),
+    )
     spec["autoscaling"] = None  # type: ignore[assignment]
     apply(k, namespace, manifest("auto", spec))
-    wait_for(lambda: get(k, namespace, "hpa", "auto") is None, timeout=30,
-             what="the HPA to be pruned")
+    wait_for(
+        lambda: get(k, namespace, "hpa", "auto") is None, timeout=30, what="the HPA to be pruned"
+    )
 
 
 def test_delete_garbage_collects_children(k: KubeCluster, namespace: str) -> None:
@@ -233,13 +305,17 @@ def test_delete_garbage_collects_children(k: KubeCluster, namespace: str) -> Non
     wait_condition(k, namespace, "gone", "Ready", "True")
     k.kubectl("-n", namespace, "delete", "mdep", "gone", "--wait=true")
     for kind in ("deployment", "service", "pdb"):
-        wait_for(lambda kind=kind: get(k, namespace, kind, "gone") is None, timeout=60,
-                 what=f"{kind} gone to be garbage-collected")
+        wait_for(
+            lambda kind=kind: get(k, namespace, kind, "gone") is None,
+            timeout=60,
+            what=f"{kind} gone to be garbage-collected",
+        )
     wait_for(lambda: not pods_of(k, namespace, "gone"), timeout=60, what="pods gone")
 
 
-def test_status_is_not_rewritten_when_nothing_changes(k: KubeCluster, namespace: str,
-                                                      operator: OperatorProcess) -> None:
+def test_status_is_not_rewritten_when_nothing_changes(
+    k: KubeCluster, namespace: str, operator: OperatorProcess
+) -> None:
     apply(k, namespace, manifest("quiet"))
     md = wait_condition(k, namespace, "quiet", "Ready", "True")
     rv = md["metadata"]["resourceVersion"]
