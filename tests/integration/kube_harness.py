@@ -263,6 +263,17 @@ def namespace(cluster: KubeCluster, name: str, timeout: float = 90) -> Iterator[
     try:
         yield name
     finally:
+        # The namespace controller waits 5s before it deletes anything; removing the workloads
+        # first frees their GPUs at once (kwok deletes a terminating pod immediately).
+        cluster.kubectl(
+            "-n",
+            name,
+            "delete",
+            "deployments,replicasets,statefulsets,jobs,pods",
+            "--all",
+            "--wait=false",
+            check=False,
+        )
         cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
         # Wait until its pods are gone, since a dying namespace's pods still hold GPUs. The
         # Namespace object itself lingers a few more seconds; nothing needs to wait for that.
