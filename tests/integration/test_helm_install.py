@@ -114,6 +114,21 @@ def wait_established(cluster: KubeCluster) -> dict[str, Any]:
     return wait_for(established, timeout=60, what=f"CRD {CRD_NAME} to be Established")
 
 
+def notes_manifest(notes: str) -> dict[str, Any]:
+    """The ModelDeployment that NOTES.txt tells the user to apply (its heredoc)."""
+    body = notes.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    doc: dict[str, Any] = yaml.safe_load(body)
+    return doc
+
+
+def docs_manifest() -> dict[str, Any]:
+    """The `# resnet.yaml` example in docs/install.md."""
+    text = (REPO / "docs" / "install.md").read_text()
+    body = text.split("```yaml\n# resnet.yaml\n", 1)[1].split("```", 1)[0]
+    doc: dict[str, Any] = yaml.safe_load(body)
+    return doc
+
+
 def sample_md(name: str = "resnet") -> dict[str, Any]:
     return {
         "apiVersion": "modelfleet.io/v1alpha1",
@@ -153,6 +168,12 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
                                                check=False)).returncode == 0 and p.stdout,
             timeout=60, what="kubectl explain modeldeployment.spec.gpu")
         assert "DESCRIPTION" in explain
+        # The manifests the NOTES and docs/install.md tell a user to apply are accepted by
+        # the API as written (schema and CEL rules; server-side dry run creates nothing).
+        for doc in (notes_manifest(out), docs_manifest()):
+            proc = kube_cluster.kubectl("apply", "-n", namespace, "--dry-run=server", "-f", "-",
+                                        input=json.dumps(doc), check=False)
+            assert proc.returncode == 0, proc.stderr
 
         name = f"{release}-modelfleet"
         sa = kube_cluster.kubectl_json("-n", namespace, "get", "serviceaccount", name)

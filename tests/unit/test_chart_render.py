@@ -414,6 +414,22 @@ def test_notes_name_the_watched_namespaces(helm: Path, tmp_path: Path) -> None:
     notes = render_notes(helm, tmp_path, "operator.scope=namespace",
                          "operator.watchNamespaces={ml,ml-staging}")
     assert "only in: ml, ml-staging" in notes
+    assert "kubectl apply -n ml -f - <<EOF" in notes
+
+
+def notes_manifest(notes: str) -> dict[str, Any]:
+    """The ModelDeployment NOTES.txt tells the user to apply (its heredoc)."""
+    body = notes.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    doc: dict[str, Any] = yaml.safe_load(body)
+    return doc
+
+
+def test_notes_manifest_is_a_model_deployment(helm: Path, tmp_path: Path) -> None:
+    # Pasted as written (no indentation, or the heredoc's EOF would not end it).
+    md = notes_manifest(render_notes(helm, tmp_path))
+    assert md["apiVersion"] == "modelfleet.io/v1alpha1"
+    assert md["kind"] == "ModelDeployment"
+    assert md["spec"]["model"]["uri"]
 
 
 def test_rbac_covers_every_api_the_operator_code_names(helm: Path) -> None:
