@@ -177,7 +177,9 @@ def test_gpus_exhausted_reports_insufficient_gpu(k: KubeCluster, namespace: str)
     msg = cond(md, "Ready")["message"]
     assert msg.startswith(f"0/6 nodes have 8 free nvidia.com/gpu of product {H100}"), msg
     assert cond(md, "Degraded")["status"] == "True"
-    assert cond(md, "Available")["status"] == "True"  # two of three serve
+    # Two of three fit and serve once loaded: Available, not Ready.
+    md = wait_condition(k, namespace, "huge", "Available", "True", timeout=60)
+    assert cond(md, "Ready")["reason"] == "InsufficientGPU"
     row = k.kubectl("-n", namespace, "get", "mdep", "huge", "--no-headers").stdout
     assert "InsufficientGPU" in row and "2/3" in row
     events = k.kubectl(
