@@ -335,7 +335,11 @@ def sweep(
 def drain(
     plan: Plan, run_dir: Path, expected: dict[str, list[float]], say: Any
 ) -> list[dict[str, Any]]:
-    """SIGTERM the server 2 s into a 16-connection closed loop on the CNN; count what broke."""
+    """SIGTERM the server 2 s into a 16-connection closed loop on the CNN; count what broke.
+
+    Only the root process gets the signal (what the kubelet does to PID 1); when it exits, the
+    rest of its tree is killed at once, as a container's PID namespace would be.
+    """
     rows = []
     model = "cnn" if "cnn" in plan.models else plan.models[0]
     for name in plan.peers:
@@ -378,6 +382,8 @@ def drain(
             while time.monotonic() - t_term < 25:
                 if srv.proc.poll() is not None:
                     exited_after = time.monotonic() - t_term
+                    # In a container, PID 1 exiting takes every other process with it.
+                    kill_tree(srv.proc)
                     break
                 time.sleep(0.05)
             out, _ = lg.communicate(timeout=60)

@@ -124,12 +124,16 @@ func main() {
 		} else {
 			req, _ = http.NewRequest("GET", *url, nil)
 		}
-		m := measuring.Load()
 		t0 := time.Now()
 		resp, err := client.Do(req)
 		defer rec.all.Add(1)
 		if err != nil {
-			if !m {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				// Nothing listens (e.g. after a drain): back off instead of spinning core 1.
+				time.Sleep(5 * time.Millisecond)
+			}
+			// Counted by completion time: only what finished inside the window is measured.
+			if !measuring.Load() {
 				return
 			}
 			rec.sent.Add(1)
@@ -147,7 +151,7 @@ func main() {
 		data, rerr := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		el := time.Since(t0)
-		if !m {
+		if !measuring.Load() {
 			return
 		}
 		rec.sent.Add(1)

@@ -6,7 +6,8 @@ set -euo pipefail
 venv=$1 model_dir=$2 port=$3 batch=$4 delay_ms=$5 work=$6
 here=$(cd "$(dirname "$0")" && pwd)
 name=$(basename "$model_dir")
-rm -rf "$work" && mkdir -p "$work/store"
+# The harness starts us inside $work: empty it rather than deleting our cwd.
+mkdir -p "$work" && cd "$work" && rm -rf store logs tmp config.properties && mkdir -p store
 "$venv/bin/torch-model-archiver" --model-name "$name" --version 1.0 --handler "$here/handler.py" \
   --export-path "$work/store" --archive-format no-archive
 cat > "$work/config.properties" <<CFG
