@@ -163,10 +163,11 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
         want = yaml.safe_load(CRD_FILE.read_text())
         assert crd["spec"]["versions"] == want["spec"]["versions"]
         # kubectl teaches the API from the installed CRD.
-        explain = wait_for(
-            lambda: (p := kube_cluster.kubectl("explain", "modeldeployment.spec.gpu",
-                                               check=False)).returncode == 0 and p.stdout,
-            timeout=60, what="kubectl explain modeldeployment.spec.gpu")
+        def explain_gpu() -> str | None:
+            p = kube_cluster.kubectl("explain", "modeldeployment.spec.gpu", check=False)
+            return p.stdout if p.returncode == 0 else None
+
+        explain = wait_for(explain_gpu, timeout=60, what="kubectl explain modeldeployment.spec.gpu")
         assert "DESCRIPTION" in explain
         # The manifests the NOTES and docs/install.md tell a user to apply are accepted by
         # the API as written (schema and CEL rules; server-side dry run creates nothing).
@@ -273,9 +274,12 @@ def test_helm_upgrade_updates_the_crd_and_uninstall_keeps_it(
 
         helm.run("upgrade", release, str(changed_chart(tmp_path)), "-n", namespace,
                  "--reuse-values")
+        def upgraded() -> dict[str, Any] | None:
+            live = get_crd(kube_cluster)
+            return live if live and "upgradeProbe" in spec_props(live) else None
+
         after = wait_for(
-            lambda: (c := get_crd(kube_cluster)) and "upgradeProbe" in spec_props(c) and c,
-            timeout=30, what="the live CRD to gain spec.upgradeProbe",
+            upgraded, timeout=30, what="the live CRD to gain spec.upgradeProbe",
             describe=lambda: json.dumps(get_crd(kube_cluster), indent=1)[:3000])
         columns = [c["name"] for c in after["spec"]["versions"][0]["additionalPrinterColumns"]]
         assert "Probe" in columns

@@ -187,3 +187,16 @@ def test_every_default_value_is_in_the_schema() -> None:
                 check(child, node["properties"][key], f"{path}/{key}")
 
     check(values, schema, "")
+
+
+@pytest.mark.parametrize(("kube_version", "ok"), [("v1.36.3", True), ("v1.25.0", True),
+                                                  ("v1.24.9", False)])
+def test_kube_version_constraint(helm: Path, kube_version: str, ok: bool) -> None:
+    # The CRD's CEL rules need >= 1.25; the local cluster (1.36) must satisfy the constraint.
+    proc = subprocess.run(
+        [str(helm), "template", "modelfleet", str(CHART), "--kube-version", kube_version],
+        capture_output=True, text=True, check=False,
+    )
+    assert (proc.returncode == 0) == ok, proc.stderr
+    if not ok:
+        assert "incompatible with Kubernetes" in proc.stderr
