@@ -201,13 +201,18 @@ def test_runtime_image_and_pull_policy_reach_the_operator(helm: Path) -> None:
     assert env["MODELFLEET_RUNTIME_IMAGE_PULL_POLICY"] == "Always"
 
 
-def test_config_change_restarts_the_operator(helm: Path) -> None:
-    def checksum(*s: str) -> str:
-        dep = one(template(helm, *s), "Deployment")
-        return str(dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+def test_config_change_rolls_the_operator_pod(helm: Path) -> None:
+    # All configuration is in the pod template (args, env), so a change rolls the pod; no
+    # ConfigMap checksum is needed.
+    def pod_template(*s: str) -> Any:
+        return one(template(helm, *s), "Deployment")["spec"]["template"]
 
-    assert checksum() == checksum()
-    assert checksum() != checksum("runtime.image.tag=2.0")
+    assert pod_template() == pod_template()
+    assert pod_template() != pod_template("runtime.image.tag=2.0")
+    assert pod_template() != pod_template("runtime.image.pullPolicy=Always")
+    assert pod_template()["metadata"].get("annotations") is None
+    annotated = pod_template("operator.podAnnotations.team=ml")
+    assert annotated["metadata"]["annotations"] == {"team": "ml"}
 
 
 def test_namespace_scope_watches_only_the_listed_namespaces(helm: Path) -> None:
