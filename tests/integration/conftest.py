@@ -15,6 +15,7 @@ Run against a cluster you already have, like envtest's USE_EXISTING_CLUSTER::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import sys
@@ -98,13 +99,19 @@ def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
     if "build_error" in _state:
         pytest.fail(f"cluster binaries could not be built:\n{_state['build_error']}", pytrace=False)
     name = kube_harness.test_cluster_name()
+    error: str | None = None
     try:
         kube_harness.remove_stale_test_clusters()
         if not kube_harness.is_built():  # e.g. collection ran with a fixture we did not see
             kube_harness.build()
         cluster = kube_harness.start_cluster(name)
     except ClusterError as exc:
-        pytest.fail(f"local cluster {name!r} could not be started:\n{exc}", pytrace=False)
+        error = str(exc)
+    if error is not None:
+        # A half-started cluster would otherwise keep running: no teardown follows a failed setup.
+        with contextlib.suppress(ClusterError):
+            kube_harness.stop_cluster(name)
+        pytest.fail(f"local cluster {name!r} could not be started:\n{error}", pytrace=False)
     try:
         yield cluster
     finally:

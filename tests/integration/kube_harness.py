@@ -36,7 +36,9 @@ class ClusterError(RuntimeError):
 
 
 def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+    # kwokctl's JSON progress lines ("level":"INFO") only hide the error that matters.
+    kept = [ln for ln in text.strip().splitlines() if '"level":"INFO"' not in ln]
+    return "\n".join(kept[-lines:])
 
 
 def _run_script(args: list[str], timeout: float, what: str) -> str:
