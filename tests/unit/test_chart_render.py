@@ -12,6 +12,7 @@ import difflib
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -504,3 +505,16 @@ def test_rendered_command_line_is_accepted_by_the_operator_cli(
         level == "debug", level == "verbose", level == "quiet")
     fmt = next((v.split("=")[1] for v in values if v.startswith("operator.logFormat=")), "full")
     assert args.log_format == fmt
+
+
+def test_packaged_chart_renders_the_crd(helm: Path, tmp_path: Path) -> None:
+    # What users install from a registry is the .tgz: the CRD files must travel in it.
+    run_helm(helm, "package", str(CHART), "-d", str(tmp_path))
+    (tgz,) = tmp_path.glob("modelfleet-*.tgz")
+    with tarfile.open(tgz) as tar:
+        names = tar.getnames()
+    assert "modelfleet/files/crds/modelfleet.io_modeldeployments.yaml" in names
+    assert "modelfleet/values.schema.json" in names
+    docs = template(helm, chart=tgz)
+    assert [d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")] == [
+        "modeldeployments.modelfleet.io"]
