@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      image_pull_policy=args.runtime_image_pull_policy),
         metrics)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, resync_seconds=args.resync_seconds)
+    handlers.register(registry, resync_seconds=args.resync_seconds,
+                      namespaces=None if args.all_namespaces else args.namespace)
     # One replica: kopf's peering pauses equal-priority peers instead of electing a
     # leader, so standalone is the honest mode (see docs/operator.md on HA).
     kopf.run(

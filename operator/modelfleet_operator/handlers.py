@@ -4,13 +4,13 @@ permanent (do not retry) and temporary (retry with backoff) errors."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
 
 from .kube import KubeError
-from .reconcile import Outcome, Reconciler
+from .reconcile import Outcome, Reconciler, Resyncer
 from .render.common import MANAGED_BY_LABEL, MANAGER
 from .spec import GROUP, KIND, PLURAL, VERSION
 
@@ -60,8 +60,14 @@ def _owner_name(body: Mapping[str, Any]) -> str | None:
     return (meta.get("labels") or {}).get("app.kubernetes.io/instance")
 
 
-def register(registry: kopf.OperatorRegistry, *, resync_seconds: float) -> None:
-    """Attach the handlers to ``registry`` (explicit, so tests can build their own)."""
+def register(registry: kopf.OperatorRegistry, *, resync_seconds: float,
+             namespaces: Sequence[str] | None = None) -> None:
+    """Attach the handlers to ``registry`` (explicit, so tests can build their own).
+
+    No timers, daemons or deletion handlers: any of them makes kopf add a finalizer, and a
+    finalizer would block `kubectl delete` whenever the operator is down. Deletion is
+    garbage collection's job (owner references); periodic resync is a Resyncer thread.
+    """
 
     # A custom registry has none of kopf's default login handlers: in a pod, the service
     # account; elsewhere, the kubeconfig ($KUBECONFIG or ~/.kube/config).
@@ -78,13 +84,18 @@ def register(registry: kopf.OperatorRegistry, *, resync_seconds: float) -> None:
     for decorator in (kopf.on.resume, kopf.on.create, kopf.on.update):
         decorator(*MD, registry=registry, id="reconcile", backoff=RETRY_DELAY_S)(on_change)
 
-    def on_timer(*, memo: Any, namespace: str | None, name: str, **_: Any) -> None:
-        # Drift backstop and slow re-check of cluster facts (GPU product, PVC); an invalid
-        # spec is not an error here: the status already says so.
-        _run(memo, namespace or "", name, "resync", raise_invalid=False)
+    def start_resync(*, memo: Any, **_: Any) -> None:
+        # Drift backstop and slow re-check of cluster facts (GPU product, PVC).
+        memo.resyncer = Resyncer(_reconciler(memo), resync_seconds, namespaces)
+        memo.resyncer.start()
 
-    kopf.timer(*MD, registry=registry, id="resync", interval=resync_seconds,
-               initial_delay=resync_seconds, sharp=False)(on_timer)
+    def stop_resync(*, memo: Any, **_: Any) -> None:
+        resyncer = getattr(memo, "resyncer", None)
+        if resyncer is not None:
+            resyncer.stop()
+
+    kopf.on.startup(registry=registry)(start_resync)
+    kopf.on.cleanup(registry=registry)(stop_resync)
 
     for group, version, plural, full in CHILD_WATCHES:
         def on_child(*, memo: Any, body: Mapping[str, Any], namespace: str | None,

@@ -7,10 +7,11 @@ operator restart at any moment converges.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -320,3 +321,53 @@ def _surge_stuck(spec: ModelDeploymentSpec, strategy: Strategy,
 
 def _ours(obj: dict[str, Any]) -> bool:
     return bool((obj["metadata"].get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGER)
+
+
+class Resyncer(threading.Thread):
+    """Re-reconciles every ModelDeployment periodically: the drift and cluster-fact backstop.
+
+    A plain thread rather than a kopf timer: kopf puts a finalizer on every object with a
+    timer, and a finalizer would block deletion whenever the operator is down.
+    """
+
+    def __init__(self, reconciler: Reconciler, interval: float,
+                 namespaces: Sequence[str] | None) -> None:
+        super().__init__(name="modelfleet-resync", daemon=True)
+        self.reconciler = reconciler
+        self.interval = interval
+        self.namespaces = list(namespaces) if namespaces else None  # None: all
+        self.stopping = threading.Event()
+
+    def targets(self) -> list[tuple[str, str]]:
+        kube = self.reconciler.kube
+        if self.namespaces is None or any(
+                set("*?[") & set(ns) for ns in self.namespaces):
+            items = kube.list("ModelDeployment")
+            if self.namespaces is not None:
+                items = [i for i in items if any(fnmatch.fnmatch(
+                    i["metadata"]["namespace"], ns) for ns in self.namespaces)]
+        else:
+            items = [i for ns in self.namespaces for i in kube.list("ModelDeployment", ns)]
+        return [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
+
+    def resync_once(self) -> int:
+        done = 0
+        for namespace, name in self.targets():
+            if self.stopping.is_set():
+                break
+            try:
+                self.reconciler.request(namespace, name, trigger="resync")
+                done += 1
+            except KubeError as exc:
+                log.warning("resync of %s/%s failed: %s", namespace, name, exc)
+        return done
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                self.resync_once()
+            except KubeError as exc:
+                log.warning("resync listing failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stopping.set()
