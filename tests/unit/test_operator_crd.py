@@ -103,3 +103,11 @@ def test_schema_defaults_agree_with_spec_py() -> None:
 
 def test_yaml_round_trips() -> None:
     assert yaml.safe_load(crd.render_yaml()) == crd.crd()
+
+
+def test_api_docs_are_generated_from_the_schema() -> None:
+    path = ROOT / "docs" / "api.md"
+    assert path.read_text() == crd.render_api_docs(), (
+        "docs/api.md drifted: run .venv/bin/python -m modelfleet_operator.crd --docs docs/api.md")
+    text = path.read_text()
+    assert "`spec.gpu.mig`" in text and "InsufficientGPU" in text
