@@ -76,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kopf.configure(debug=args.debug, verbose=args.verbose, quiet=args.quiet,
                    log_format=kopf.LogFormat[args.log_format.upper()])
+    if not (args.verbose or args.debug):
+        # kopf logs every handler call at INFO (one line per pod event); the reconciler
+        # logs what matters: condition transitions, prunes, strategy changes.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
     metrics = OperatorMetrics()

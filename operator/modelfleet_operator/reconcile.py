@@ -227,6 +227,8 @@ class Reconciler:
             self.metrics.status_writes.inc()
             written = True
             for t in transitions:
+                log.info("%s/%s: %s=%s %s: %s", namespace, name, t.type, t.status, t.reason,
+                         t.message)
                 try:
                     self.kube.event(body, t.event_type, t.reason, f"{t.type} is {t.status}: "
                                     f"{t.message}" if t.message else f"{t.type} is {t.status}")
