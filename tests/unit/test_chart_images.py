@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.metadata
+import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -125,3 +128,28 @@ def test_runtime_image_default_command_is_accepted_by_the_runtime_cli() -> None:
     args = build_parser().parse_args(re.findall(r'"([^"]+)"', cmd[-1]))
     assert args.command == "serve"
     assert str(args.model_dir) == "/models"
+
+
+def test_operator_code_runs_on_the_operator_extra_alone() -> None:
+    """The operator image installs `.[operator]` only: nothing the operator imports may come
+    from the runtime or dev extras (torch, numpy, test clients). Checked in a fresh process."""
+    code = (
+        "import json, sys, importlib.metadata as md\n"
+        "import modelfleet_operator.__main__, modelfleet_operator.handlers\n"
+        "import modelfleet_operator.reconcile, modelfleet_operator.kube\n"
+        "dists = md.packages_distributions()\n"
+        "top = {n.split('.')[0] for n in sys.modules}\n"
+        "print(json.dumps(sorted({d for n in top for d in dists.get(n, [])})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    used = {d.lower().replace("_", "-") for d in json.loads(out)}
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    only_elsewhere = {
+        re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower()
+        for name in ("runtime", "dev") for req in extras[name]
+    } - {re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower()
+         for req in extras["operator"] + PYPROJECT["project"]["dependencies"]}
+    assert "torch" in only_elsewhere
+    assert not used & only_elsewhere, f"the operator imports {sorted(used & only_elsewhere)}"
+    assert {"kopf", "kubernetes"} <= used
