@@ -18,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -129,6 +131,17 @@ def free_port() -> int:
 class OperatorProcess:
     proc: subprocess.Popen[bytes]
     log: Path
+    cmd: list[str]
+
+    def flag(self, name: str) -> str:
+        return next(a.split("=", 1)[1] for a in self.cmd if a.startswith(f"--{name}="))
+
+    def get(self, url: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return int(resp.status), resp.read().decode()
+        except OSError:
+            return 0, ""
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -163,7 +176,8 @@ def host_command(release: Release) -> tuple[list[str], dict[str, str]]:
     args: list[str] = []
     for arg in c["args"]:
         if arg.startswith("--liveness="):
-            args.append(f"--liveness=http://127.0.0.1:{free_port()}/healthz")
+            path = urllib.parse.urlsplit(arg.split("=", 1)[1]).path
+            args.append(f"--liveness=http://127.0.0.1:{free_port()}{path}")
         elif arg.startswith("--metrics-port="):
             args.append(f"--metrics-port={free_port()}")
         else:
@@ -222,7 +236,7 @@ def run_operator(kube_cluster: KubeCluster, tmp_path: Path, namespace: str) -> I
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path
             )
-        op = OperatorProcess(proc, log)
+        op = OperatorProcess(proc, log, cmd)
         started.append(op)
         return op
 
@@ -393,6 +407,14 @@ def test_operator_as_the_chart_service_account_needs_nothing_more(
 ) -> None:
     release = install(f"operator.scope={scope}")
     op = run_operator(release)
+    # The endpoints the chart points its liveness probe and metrics Service at are served.
+    probe = release.container["livenessProbe"]["httpGet"]
+    live = op.flag("liveness")
+    assert urllib.parse.urlsplit(live).path == probe["path"]
+    wait_for(lambda: op.alive() and op.get(live)[0] == 200, timeout=60,
+             what=f"the operator's liveness endpoint {live}")
+    metrics = f"http://127.0.0.1:{op.flag('metrics-port')}/metrics"
+    assert "modelfleet_" in wait_for(lambda: op.get(metrics)[1], timeout=30, what=metrics)
     # On failure the fixture deletes the ModelDeployment while the operator still runs.
     walk_lifecycle(kube_cluster, namespace, op)
     log = op.stop()
