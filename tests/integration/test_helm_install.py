@@ -293,6 +293,11 @@ def test_helm_upgrade_updates_the_crd_and_uninstall_keeps_it(
         helm.run("upgrade", release, str(CHART), "-n", namespace, "--reuse-values")
         wait_for(lambda: "upgradeProbe" not in spec_props(get_crd(kube_cluster) or before),
                  timeout=30, what="the live CRD to lose spec.upgradeProbe")
+        # Handing the CRD over (crds.install=false) must not delete it either: keep applies
+        # to resources an upgrade drops, too.
+        helm.run("upgrade", release, str(CHART), "-n", namespace, "--reuse-values",
+                 "--set", "crds.install=false")
+        assert get_crd(kube_cluster) is not None
     finally:
         helm.uninstall(release, namespace)
 
