@@ -21,11 +21,11 @@ OWNED = {MANAGED_BY_LABEL: MANAGER}
 # a hand-edited or deleted child is put back at once, not at the next resync; pods only
 # refresh status.
 CHILD_WATCHES = (
-    ("apps", "v1", "deployments", True),
-    ("", "v1", "services", True),
-    ("policy", "v1", "poddisruptionbudgets", True),
-    ("autoscaling", "v2", "horizontalpodautoscalers", True),
-    ("", "v1", "pods", False),
+    ("apps", "v1", "deployments", "Deployment"),
+    ("", "v1", "services", "Service"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("", "v1", "pods", "Pod"),
 )
 RETRY_DELAY_S = 15.0
 
@@ -97,17 +97,21 @@ def register(registry: kopf.OperatorRegistry, *, resync_seconds: float,
     kopf.on.startup(registry=registry)(start_resync)
     kopf.on.cleanup(registry=registry)(stop_resync)
 
-    for group, version, plural, full in CHILD_WATCHES:
+    for group, version, plural, kind in CHILD_WATCHES:
         def on_child(*, memo: Any, body: Mapping[str, Any], namespace: str | None,
-                     full: bool = full, plural: str = plural, **_: Any) -> None:
+                     event: Mapping[str, Any], kind: str = kind, **_: Any) -> None:
             owner = _owner_name(body)
             if not owner or not namespace:
                 return
+            rec = _reconciler(memo)
             try:
-                _reconciler(memo).request(namespace, owner, full=full, trigger=plural)
-            except KubeError as exc:  # the timer or the next event retries
+                if kind == "Pod":  # pods only change what status says
+                    rec.request(namespace, owner, full=False, trigger="child-Pod")
+                else:
+                    rec.child_event(kind, str(event.get("type") or ""), body, owner)
+            except KubeError as exc:  # the resync or the next event retries
                 log.warning("reconcile of %s/%s after a %s event failed: %s", namespace,
-                            owner, plural, exc)
+                            owner, kind, exc)
 
         kopf.on.event(group, version, plural, registry=registry, labels=OWNED,
                       id=f"child-{plural}")(on_child)

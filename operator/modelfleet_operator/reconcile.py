@@ -11,7 +11,7 @@ import fnmatch
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -140,6 +140,12 @@ class Reconciler:
         self.metrics = metrics or OperatorMetrics()
         self.cluster = ClusterView(kube, cluster_ttl)
         self.runner = KeyedRunner()
+        # What this process last applied, to tell our own writes' echoes from drift; and
+        # which objects were already checked for children to prune. Lost on restart, which
+        # only costs one full reconcile and one prune check per object.
+        self._memory_lock = threading.Lock()
+        self._applied: dict[tuple[str, str, str], str] = {}
+        self._pruned: dict[tuple[str, str, str], frozenset[str]] = {}
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -291,10 +297,47 @@ class Reconciler:
             out = self._call(lambda c=child: self.kube.apply(c))  # type: ignore[misc]
             self.metrics.applies.labels(child["kind"]).inc()
             wanted.add(child["kind"])
+            self._remember(child["kind"], out)
             if child["kind"] == "Deployment":
                 deployment = out
-        self._prune(owner, wanted)
+        key = (owner.namespace, owner.name, owner.uid)
+        with self._memory_lock:
+            pruned = key in self._pruned and wanted == self._pruned[key]
+        if not pruned:
+            self._prune(owner, wanted)
+            with self._memory_lock:
+                self._pruned[key] = frozenset(wanted)
         return deployment
+
+    # --- child events ---------------------------------------------------------------------
+
+    @staticmethod
+    def _version(obj: Mapping[str, Any]) -> str:
+        # generation moves only on spec changes (status writes leave it), so a child's
+        # status churn is told apart from an edit; Services have none: resourceVersion.
+        meta = obj.get("metadata") or {}
+        return f"g{meta['generation']}" if meta.get("generation") else (
+            f"rv{meta.get('resourceVersion')}")
+
+    def _remember(self, kind: str, obj: Mapping[str, Any] | None) -> None:
+        if obj:
+            meta = obj["metadata"]
+            with self._memory_lock:
+                self._applied[(kind, meta["namespace"], meta["name"])] = self._version(obj)
+
+    def child_event(self, kind: str, event_type: str, body: Mapping[str, Any],
+                    owner: str) -> Outcome | None:
+        """React to a change of an owned child: an echo of our own write needs nothing (a
+        Deployment's status change needs a status refresh); anything else is drift, or
+        news, and gets a full reconcile."""
+        meta = body.get("metadata") or {}
+        namespace = meta.get("namespace", "")
+        with self._memory_lock:
+            known = self._applied.get((kind, namespace, meta.get("name", "")))
+        ours = event_type != "DELETED" and known == self._version(body)
+        if ours and kind != "Deployment":
+            return None
+        return self.request(namespace, owner, full=not ours, trigger=f"child-{kind}")
 
     def _prune(self, owner: Owner, wanted: set[str]) -> None:
         """Delete our children of kinds no longer wanted (e.g. the HPA once autoscaling

@@ -297,8 +297,13 @@ def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
             cond["lastTransitionTime"] = old.get("lastTransitionTime") or now
         else:
             cond["lastTransitionTime"] = now
-        if old is None or old.get("status") != cond["status"] or (
-                old.get("reason") != cond["reason"] and cond["type"] in (READY, DEGRADED)):
+        # Events only for what a reader of `kubectl describe` needs: Ready changes, and
+        # Degraded turning True (or recovering); Available/Progressing are in the status.
+        changed = old is None or old.get("status") != cond["status"] or (
+            old.get("reason") != cond["reason"])
+        worth = cond["type"] == READY or (cond["type"] == DEGRADED and (
+            cond["status"] == "True" or (old is not None and old.get("status") == "True")))
+        if changed and worth:
             transitions.append(Transition(cond["type"], cond["status"], cond["reason"],
                                           cond["message"]))
         conditions.append(cond)

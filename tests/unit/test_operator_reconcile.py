@@ -232,3 +232,21 @@ def test_examples_are_valid(path: Path) -> None:
     body = yaml.safe_load(path.read_text())
     assert body["kind"] == "ModelDeployment"
     parse_spec(body["spec"], name=body["metadata"]["name"])
+
+
+def test_child_events_tell_our_echoes_from_drift() -> None:
+    kube, rec = cluster()
+    rec.reconcile("ml", "resnet")
+    calls: list[bool] = []
+    rec.request = lambda ns, name, *, full=True, trigger="": calls.append(full)  # type: ignore[method-assign,assignment,misc]
+    svc = kube.get("Service", "ml", "resnet")
+    dep = kube.get("Deployment", "ml", "resnet")
+    assert svc is not None and dep is not None
+    assert rec.child_event("Service", "MODIFIED", svc, "resnet") is None and calls == []
+    rec.child_event("Deployment", "MODIFIED", dep, "resnet")  # status churn: refresh only
+    assert calls == [False]
+    rec.child_event("Service", "DELETED", svc, "resnet")  # gone: put it back
+    edited = copy.deepcopy(dep)
+    edited["metadata"]["resourceVersion"] = "999"  # a hand edit (no generation here)
+    rec.child_event("Deployment", "MODIFIED", edited, "resnet")
+    assert calls == [False, True, True]
