@@ -2,10 +2,10 @@
 
     KUBECONFIG=... .venv/bin/python bench/operator.py [--sizes 1,100,1000]
 
-Starts its own operator process (watching only the bench namespaces), creates N CPU-only
-ModelDeployments at once per size, and follows them with a watch. Prints one table: create ->
-Ready (or -> reconciled, see below) p50/p99/total, reconciles and reconciles/s from the
-operator's own /metrics, and the operator's RSS. Asserts nothing on timing.
+Starts its own operator process (all namespaces: use a cluster no other operator serves),
+creates N CPU-only ModelDeployments at once per size, and follows them with a watch. Prints
+one table: create -> Ready (or -> reconciled, see below) p50/p99/total, reconciles and
+reconciles/s from the operator's own /metrics, and the operator's RSS. Asserts nothing on timing.
 
 The local cluster's two CPU nodes hold 220 pods, so sizes above --max-pods run with
 replicas 0 and measure create -> reconciled (children applied, status observed for the
