@@ -36,25 +36,38 @@ class Helm:
     cluster: KubeCluster
     home: Path
 
-    def run(self, *args: str, check: bool = True, timeout: float = 300
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             **self.cluster.env,
             "HELM_CACHE_HOME": str(self.home / "cache"),
             "HELM_CONFIG_HOME": str(self.home / "config"),
             "HELM_DATA_HOME": str(self.home / "data"),
         }
-        cmd = [str(self.cluster.bin_dir / "helm"), "--kubeconfig", str(self.cluster.kubeconfig),
-               *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
-                              check=False)
+        cmd = [
+            str(self.cluster.bin_dir / "helm"),
+            "--kubeconfig",
+            str(self.cluster.kubeconfig),
+            *args,
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
         if check and proc.returncode != 0:
             raise AssertionError(
-                f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+                f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}"
+            )
         return proc
 
-    def install(self, release: str, namespace: str, *set_args: str, chart: Path = CHART,
-                extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    def install(
+        self,
+        release: str,
+        namespace: str,
+        *set_args: str,
+        chart: Path = CHART,
+        extra: tuple[str, ...] = (),
+    ) -> subprocess.CompletedProcess[str]:
         args = ["install", release, str(chart), "-n", namespace, *extra]
         for s in set_args:
             args += ["--set", s]
@@ -87,8 +100,14 @@ def adopt_crd(cluster: KubeCluster, release: str, namespace: str) -> None:
     if get_crd(cluster) is None:
         return
     cluster.kubectl("label", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm", "--overwrite")
-    cluster.kubectl("annotate", "crd", CRD_NAME, f"meta.helm.sh/release-name={release}",
-                    f"meta.helm.sh/release-namespace={namespace}", "--overwrite")
+    cluster.kubectl(
+        "annotate",
+        "crd",
+        CRD_NAME,
+        f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}",
+        "--overwrite",
+    )
 
 
 @pytest.fixture
@@ -100,8 +119,9 @@ def crd_guard(kube_cluster: KubeCluster) -> Iterator[None]:
         # PUT the generated CRD back: drops Helm's ownership metadata and any test change.
         kube_cluster.kubectl("replace", "-f", str(CRD_FILE))
     else:
-        kube_cluster.kubectl("delete", "crd", CRD_NAME, "--ignore-not-found", "--wait=true",
-                             timeout=180)
+        kube_cluster.kubectl(
+            "delete", "crd", CRD_NAME, "--ignore-not-found", "--wait=true", timeout=180
+        )
 
 
 def wait_established(cluster: KubeCluster) -> dict[str, Any]:
@@ -134,8 +154,10 @@ def sample_md(name: str = "resnet") -> dict[str, Any]:
         "apiVersion": "modelfleet.io/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": name},
-        "spec": {"model": {"uri": "http://models.example/resnet.tar.gz", "format": "torchscript"},
-                 "replicas": 1},
+        "spec": {
+            "model": {"uri": "http://models.example/resnet.tar.gz", "format": "torchscript"},
+            "replicas": 1,
+        },
     }
 
 
@@ -147,8 +169,9 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
 ) -> None:
     release = release_name()
     # The operator pod must pass the "restricted" Pod Security level, enforced by admission.
-    kube_cluster.kubectl("label", "namespace", namespace,
-                         "pod-security.kubernetes.io/enforce=restricted")
+    kube_cluster.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
     adopt_crd(kube_cluster, release, namespace)
     try:
         out = helm.install(release, namespace).stdout
@@ -162,6 +185,7 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release
         want = yaml.safe_load(CRD_FILE.read_text())
         assert crd["spec"]["versions"] == want["spec"]["versions"]
+
         # kubectl teaches the API from the installed CRD.
         def explain_gpu() -> str | None:
             p = kube_cluster.kubectl("explain", "modeldeployment.spec.gpu", check=False)
@@ -172,8 +196,16 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
         # The manifests the NOTES and docs/install.md tell a user to apply are accepted by
         # the API as written (schema and CEL rules; server-side dry run creates nothing).
         for doc in (notes_manifest(out), docs_manifest()):
-            proc = kube_cluster.kubectl("apply", "-n", namespace, "--dry-run=server", "-f", "-",
-                                        input=json.dumps(doc), check=False)
+            proc = kube_cluster.kubectl(
+                "apply",
+                "-n",
+                namespace,
+                "--dry-run=server",
+                "-f",
+                "-",
+                input=json.dumps(doc),
+                check=False,
+            )
             assert proc.returncode == 0, proc.stderr
 
         name = f"{release}-modelfleet"
@@ -185,17 +217,26 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
         binding = kube_cluster.kubectl_json("get", "clusterrolebinding", name)
         assert binding["roleRef"]["name"] == name
         assert binding["subjects"] == [
-            {"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+            {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+        ]
         # The binding really gives the ServiceAccount what it needs, and nothing like secrets.
         as_sa = f"--as=system:serviceaccount:{namespace}:{name}"
-        for verb, resource in [("patch", "modeldeployments.modelfleet.io"),
-                               ("patch", "modeldeployments.modelfleet.io/status"),
-                               ("create", "deployments.apps"), ("delete", "services"),
-                               ("list", "nodes"), ("watch", "customresourcedefinitions")]:
+        for verb, resource in [
+            ("patch", "modeldeployments.modelfleet.io"),
+            ("patch", "modeldeployments.modelfleet.io/status"),
+            ("create", "deployments.apps"),
+            ("delete", "services"),
+            ("list", "nodes"),
+            ("watch", "customresourcedefinitions"),
+        ]:
             got = kube_cluster.kubectl("auth", "can-i", verb, resource, as_sa, "-A", check=False)
             assert got.stdout.strip() == "yes", (verb, resource, got.stdout, got.stderr)
-        for verb, resource in [("get", "secrets"), ("delete", "pods"), ("create", "clusterroles"),
-                               ("update", "deployments.apps")]:
+        for verb, resource in [
+            ("get", "secrets"),
+            ("delete", "pods"),
+            ("create", "clusterroles"),
+            ("update", "deployments.apps"),
+        ]:
             got = kube_cluster.kubectl("auth", "can-i", verb, resource, as_sa, "-A", check=False)
             assert got.stdout.strip() == "no", (verb, resource, got.stdout)
 
@@ -204,18 +245,30 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
         container = dep["spec"]["template"]["spec"]["containers"][0]
         assert "--all-namespaces" in container["args"]
         kube_cluster.kubectl_json("-n", namespace, "get", "service", f"{name}-metrics")
+
         # Admission accepted the pod under enforce=restricted and the scheduler placed it (a
         # kwok node runs no container, so "Ready" would prove nothing more about the chart).
         def scheduled() -> list[dict[str, Any]]:
             items: list[dict[str, Any]] = kube_cluster.kubectl_json(
-                "-n", namespace, "get", "pods", "-l", f"app.kubernetes.io/instance={release}",
+                "-n",
+                namespace,
+                "get",
+                "pods",
+                "-l",
+                f"app.kubernetes.io/instance={release}",
             )["items"]
-            return [p for p in items
-                    if (condition(p, "PodScheduled") or {}).get("status") == "True"]
+            return [
+                p for p in items if (condition(p, "PodScheduled") or {}).get("status") == "True"
+            ]
 
-        pods = wait_for(scheduled, timeout=60, what="the operator pod to be admitted and scheduled",
-                        describe=lambda: kube_cluster.kubectl(
-                            "-n", namespace, "get", "events", check=False).stdout)
+        pods = wait_for(
+            scheduled,
+            timeout=60,
+            what="the operator pod to be admitted and scheduled",
+            describe=lambda: (
+                kube_cluster.kubectl("-n", namespace, "get", "events", check=False).stdout
+            ),
+        )
         assert len(pods) == 1
         # No GPU toleration: the operator never takes a GPU node.
         node = kube_cluster.kubectl_json("get", "node", pods[0]["spec"]["nodeName"])
@@ -228,8 +281,9 @@ def test_bad_values_fail_the_install_naming_the_key(
     kube_cluster: KubeCluster, helm: Helm, namespace: str
 ) -> None:
     release = release_name()
-    proc = helm.run("install", release, str(CHART), "-n", namespace,
-                    "--set", "operator.replicas=2", check=False)
+    proc = helm.run(
+        "install", release, str(CHART), "-n", namespace, "--set", "operator.replicas=2", check=False
+    )
     assert proc.returncode != 0
     assert "additional properties 'replicas' not allowed" in proc.stderr
     assert helm.run("list", "-n", namespace, "-q").stdout.strip() == ""
@@ -244,9 +298,12 @@ def changed_chart(tmp: Path) -> Path:
     crd = yaml.safe_load(crd_path.read_text())
     version = crd["spec"]["versions"][0]
     version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["upgradeProbe"] = {
-        "type": "string", "description": "Added by the CRD upgrade test."}
+        "type": "string",
+        "description": "Added by the CRD upgrade test.",
+    }
     version.setdefault("additionalPrinterColumns", []).append(
-        {"name": "Probe", "type": "string", "jsonPath": ".spec.upgradeProbe"})
+        {"name": "Probe", "type": "string", "jsonPath": ".spec.upgradeProbe"}
+    )
     crd_path.write_text(yaml.safe_dump(crd, sort_keys=False))
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
     meta["version"] = "0.1.1-test"
@@ -255,8 +312,9 @@ def changed_chart(tmp: Path) -> Path:
 
 
 def spec_props(crd: dict[str, Any]) -> dict[str, Any]:
-    props: dict[str, Any] = (
-        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"])
+    props: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"
+    ]["properties"]
     return props
 
 
@@ -272,31 +330,55 @@ def test_helm_upgrade_updates_the_crd_and_uninstall_keeps_it(
         assert "upgradeProbe" not in spec_props(before)
         kube_cluster.apply(sample_md(), namespace)
 
-        helm.run("upgrade", release, str(changed_chart(tmp_path)), "-n", namespace,
-                 "--reuse-values")
+        helm.run(
+            "upgrade", release, str(changed_chart(tmp_path)), "-n", namespace, "--reuse-values"
+        )
+
         def upgraded() -> dict[str, Any] | None:
             live = get_crd(kube_cluster)
             return live if live and "upgradeProbe" in spec_props(live) else None
 
         after = wait_for(
-            upgraded, timeout=30, what="the live CRD to gain spec.upgradeProbe",
-            describe=lambda: json.dumps(get_crd(kube_cluster), indent=1)[:3000])
+            upgraded,
+            timeout=30,
+            what="the live CRD to gain spec.upgradeProbe",
+            describe=lambda: json.dumps(get_crd(kube_cluster), indent=1)[:3000],
+        )
         columns = [c["name"] for c in after["spec"]["versions"][0]["additionalPrinterColumns"]]
         assert "Probe" in columns
         # The new field is served: the API server keeps it instead of pruning it.
-        kube_cluster.kubectl("-n", namespace, "patch", "mdep", "resnet", "--type=merge",
-                             "-p", '{"spec": {"upgradeProbe": "hello"}}')
+        kube_cluster.kubectl(
+            "-n",
+            namespace,
+            "patch",
+            "mdep",
+            "resnet",
+            "--type=merge",
+            "-p",
+            '{"spec": {"upgradeProbe": "hello"}}',
+        )
         md = kube_cluster.kubectl_json("-n", namespace, "get", "mdep", "resnet")
         assert md["spec"]["upgradeProbe"] == "hello"
 
         # And back: a downgrade to the original chart removes the field from the schema.
         helm.run("upgrade", release, str(CHART), "-n", namespace, "--reuse-values")
-        wait_for(lambda: "upgradeProbe" not in spec_props(get_crd(kube_cluster) or before),
-                 timeout=30, what="the live CRD to lose spec.upgradeProbe")
+        wait_for(
+            lambda: "upgradeProbe" not in spec_props(get_crd(kube_cluster) or before),
+            timeout=30,
+            what="the live CRD to lose spec.upgradeProbe",
+        )
         # Handing the CRD over (crds.install=false) must not delete it either: keep applies
         # to resources an upgrade drops, too.
-        helm.run("upgrade", release, str(CHART), "-n", namespace, "--reuse-values",
-                 "--set", "crds.install=false")
+        helm.run(
+            "upgrade",
+            release,
+            str(CHART),
+            "-n",
+            namespace,
+            "--reuse-values",
+            "--set",
+            "crds.install=false",
+        )
         assert get_crd(kube_cluster) is not None
     finally:
         helm.uninstall(release, namespace)
@@ -306,8 +388,10 @@ def test_helm_upgrade_updates_the_crd_and_uninstall_keeps_it(
     assert kube_cluster.kubectl_json("-n", namespace, "get", "mdep", "resnet")
     kube_cluster.kubectl("-n", namespace, "delete", "mdep", "resnet", "--wait=false")
     # The rest of the release is gone.
-    assert kube_cluster.kubectl("get", "clusterrole", f"{release}-modelfleet",
-                                check=False).returncode != 0
+    assert (
+        kube_cluster.kubectl("get", "clusterrole", f"{release}-modelfleet", check=False).returncode
+        != 0
+    )
 
 
 def test_namespace_scope_installs_roles_in_the_watched_namespace_only(
@@ -318,15 +402,20 @@ def test_namespace_scope_installs_roles_in_the_watched_namespace_only(
     watched = f"{namespace}-w"
     kube_cluster.kubectl("create", "namespace", watched)
     try:
-        helm.install(release, namespace, "operator.scope=namespace",
-                     f"operator.watchNamespaces={{{watched}}}")
+        helm.install(
+            release,
+            namespace,
+            "operator.scope=namespace",
+            f"operator.watchNamespaces={{{watched}}}",
+        )
         name = f"{release}-modelfleet"
         as_sa = f"--as=system:serviceaccount:{namespace}:{name}"
 
         def can(verb: str, resource: str, ns: str | None) -> str:
             where = ["-n", ns] if ns else []
-            return kube_cluster.kubectl("auth", "can-i", verb, resource, as_sa, *where,
-                                        check=False).stdout.strip()
+            return kube_cluster.kubectl(
+                "auth", "can-i", verb, resource, as_sa, *where, check=False
+            ).stdout.strip()
 
         assert can("patch", "modeldeployments.modelfleet.io", watched) == "yes"
         assert can("create", "deployments.apps", watched) == "yes"
@@ -340,4 +429,3 @@ def test_namespace_scope_installs_roles_in_the_watched_namespace_only(
     finally:
         helm.uninstall(release, namespace)
         kube_cluster.kubectl("delete", "namespace", watched, "--wait=false", "--ignore-not-found")
-

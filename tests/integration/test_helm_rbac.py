@@ -411,8 +411,11 @@ def test_operator_as_the_chart_service_account_needs_nothing_more(
     probe = release.container["livenessProbe"]["httpGet"]
     live = op.flag("liveness")
     assert urllib.parse.urlsplit(live).path == probe["path"]
-    wait_for(lambda: op.alive() and op.get(live)[0] == 200, timeout=60,
-             what=f"the operator's liveness endpoint {live}")
+    wait_for(
+        lambda: op.alive() and op.get(live)[0] == 200,
+        timeout=60,
+        what=f"the operator's liveness endpoint {live}",
+    )
     metrics = f"http://127.0.0.1:{op.flag('metrics-port')}/metrics"
     assert "modelfleet_" in wait_for(lambda: op.get(metrics)[1], timeout=30, what=metrics)
     # On failure the fixture deletes the ModelDeployment while the operator still runs.

@@ -94,7 +94,8 @@ def test_runtime_torch_version_matches_the_tested_torch() -> None:
     pinned = arg_default(IMAGES["runtime"], "TORCH_VERSION")
     tested = importlib.metadata.version("torch").split("+")[0]
     assert pinned == tested, (
-        f"images/runtime/Dockerfile pins torch {pinned} but the tests run torch {tested}")
+        f"images/runtime/Dockerfile pins torch {pinned} but the tests run torch {tested}"
+    )
     assert arg_default(IMAGES["runtime"], "TORCH_INDEX_URL").startswith("https://")
 
 
@@ -141,15 +142,19 @@ def test_operator_code_runs_on_the_operator_extra_alone() -> None:
         "top = {n.split('.')[0] for n in sys.modules}\n"
         "print(json.dumps(sorted({d for n in top for d in dists.get(n, [])})))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     used = {d.lower().replace("_", "-") for d in json.loads(out)}
     extras = PYPROJECT["project"]["optional-dependencies"]
     only_elsewhere = {
         re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower()
-        for name in ("runtime", "dev") for req in extras[name]
-    } - {re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower()
-         for req in extras["operator"] + PYPROJECT["project"]["dependencies"]}
+        for name in ("runtime", "dev")
+        for req in extras[name]
+    } - {
+        re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower()
+        for req in extras["operator"] + PYPROJECT["project"]["dependencies"]
+    }
     assert "torch" in only_elsewhere
     assert not used & only_elsewhere, f"the operator imports {sorted(used & only_elsewhere)}"
     assert {"kopf", "kubernetes"} <= used

@@ -52,22 +52,34 @@ def helm() -> Path:
 
 def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     # An empty HOME-independent config keeps a developer's repos/plugins out of the result.
-    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/modelfleet-helm/cache",
-           "HELM_CONFIG_HOME": "/tmp/modelfleet-helm/config",
-           "HELM_DATA_HOME": "/tmp/modelfleet-helm/data"}
-    proc = subprocess.run([str(helm), *args], capture_output=True, text=True, env=env,
-                          check=False)
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": "/tmp/modelfleet-helm/cache",
+        "HELM_CONFIG_HOME": "/tmp/modelfleet-helm/config",
+        "HELM_DATA_HOME": "/tmp/modelfleet-helm/data",
+    }
+    proc = subprocess.run([str(helm), *args], capture_output=True, text=True, env=env, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
 
 
 def template(
-    helm: Path, *set_args: str, chart: Path = CHART, release: str = "modelfleet",
+    helm: Path,
+    *set_args: str,
+    chart: Path = CHART,
+    release: str = "modelfleet",
     namespace: str = "modelfleet-system",
 ) -> list[dict[str, Any]]:
-    args = ["template", release, str(chart), "--namespace", namespace,
-            "--kube-version", KUBE_VERSION]
+    args = [
+        "template",
+        release,
+        str(chart),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBE_VERSION,
+    ]
     for s in set_args:
         args += ["--set", s]
     out = run_helm(helm, *args).stdout
@@ -90,8 +102,12 @@ LINT_CASES = {
     "defaults": [],
     "namespace-scope": ["operator.scope=namespace", "operator.watchNamespaces={ml,ml-staging}"],
     "servicemonitor": ["metrics.serviceMonitor.enabled=true"],
-    "no-crds-no-rbac": ["crds.install=false", "rbac.create=false",
-                        "serviceAccount.create=false", "serviceAccount.name=existing"],
+    "no-crds-no-rbac": [
+        "crds.install=false",
+        "rbac.create=false",
+        "serviceAccount.create=false",
+        "serviceAccount.name=existing",
+    ],
 }
 
 
@@ -141,11 +157,18 @@ def test_template_matches_golden(helm: Path, case: str) -> None:
     assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1 to create it"
     want = path.read_text()
     if got != want:
-        diff = "".join(difflib.unified_diff(
-            want.splitlines(keepends=True), got.splitlines(keepends=True),
-            fromfile=str(path.relative_to(REPO)), tofile="helm template"))
-        pytest.fail(f"rendered chart differs from the golden file "
-                    f"(UPDATE_GOLDEN=1 to accept):\n{diff}", pytrace=False)
+        diff = "".join(
+            difflib.unified_diff(
+                want.splitlines(keepends=True),
+                got.splitlines(keepends=True),
+                fromfile=str(path.relative_to(REPO)),
+                tofile="helm template",
+            )
+        )
+        pytest.fail(
+            f"rendered chart differs from the golden file (UPDATE_GOLDEN=1 to accept):\n{diff}",
+            pytrace=False,
+        )
 
 
 # --- the Deployment ---------------------------------------------------------------------------
@@ -194,9 +217,15 @@ def test_default_deployment_is_one_restricted_cluster_wide_replica(helm: Path) -
 
 def test_runtime_image_and_pull_policy_reach_the_operator(helm: Path) -> None:
     digest = "sha256:" + "b" * 64
-    c = operator_container(template(
-        helm, "runtime.image.repository=registry.local/mf-runtime", "runtime.image.tag=9.9",
-        f"runtime.image.digest={digest}", "runtime.image.pullPolicy=Always"))
+    c = operator_container(
+        template(
+            helm,
+            "runtime.image.repository=registry.local/mf-runtime",
+            "runtime.image.tag=9.9",
+            f"runtime.image.digest={digest}",
+            "runtime.image.pullPolicy=Always",
+        )
+    )
     env = env_of(c)
     assert env["MODELFLEET_RUNTIME_IMAGE"] == f"registry.local/mf-runtime:9.9@{digest}"
     assert env["MODELFLEET_RUNTIME_IMAGE_PULL_POLICY"] == "Always"
@@ -221,14 +250,17 @@ def test_namespace_scope_watches_only_the_listed_namespaces(helm: Path) -> None:
     args = operator_container(docs)["args"]
     assert "--all-namespaces" not in args
     assert [a for a in args if a.startswith("--namespace")] == [
-        "--namespace=ml", "--namespace=ml-staging"]
+        "--namespace=ml",
+        "--namespace=ml-staging",
+    ]
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "ml-staging"]
     bindings = by_kind(docs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "ml-staging"]
     for b in bindings:
-        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "modelfleet",
-                                  "namespace": "modelfleet-system"}]
+        assert b["subjects"] == [
+            {"kind": "ServiceAccount", "name": "modelfleet", "namespace": "modelfleet-system"}
+        ]
 
 
 def test_namespace_scope_defaults_to_the_release_namespace(helm: Path) -> None:
@@ -278,8 +310,12 @@ def test_rbac_grants_what_the_operator_uses(helm: Path) -> None:
     assert {"list", "watch", "patch"} <= rules[("modelfleet.io", "modeldeployments")]
     assert "patch" in rules[("modelfleet.io", "modeldeployments/status")]
     assert "create" in rules[("", "events")]
-    for child in (("apps", "deployments"), ("", "services"),
-                  ("policy", "poddisruptionbudgets"), ("autoscaling", "horizontalpodautoscalers")):
+    for child in (
+        ("apps", "deployments"),
+        ("", "services"),
+        ("policy", "poddisruptionbudgets"),
+        ("autoscaling", "horizontalpodautoscalers"),
+    ):
         # Server-side apply of a new object needs create as well as patch.
         assert {"list", "watch", "create", "patch", "delete"} <= rules[child], child
     # Read-only where the operator only reads.
@@ -318,18 +354,21 @@ def test_metrics_service_selects_the_operator_pod(helm: Path) -> None:
     pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     assert svc["spec"]["ports"] == [
-        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
+    ]
     assert not by_kind(docs, "ServiceMonitor")  # off by default: needs Prometheus Operator CRDs
 
 
 def test_service_monitor_scrapes_the_metrics_port(helm: Path) -> None:
-    docs = template(helm, "metrics.serviceMonitor.enabled=true",
-                    "metrics.serviceMonitor.labels.release=prom")
+    docs = template(
+        helm, "metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"
+    )
     sm = one(docs, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "prom"
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
     assert sm["spec"]["selector"]["matchLabels"].items() <= (
-        one(docs, "Service")["metadata"]["labels"].items())
+        one(docs, "Service")["metadata"]["labels"].items()
+    )
 
 
 def test_standard_labels_on_every_object(helm: Path) -> None:
@@ -361,7 +400,8 @@ def test_chart_crds_are_identical_to_crds_dir() -> None:
     assert sorted(chart) == sorted(repo), "run `make chart-sync` to copy crds/ into the chart"
     for name, path in repo.items():
         assert chart[name].read_bytes() == path.read_bytes(), (
-            f"charts/modelfleet/files/crds/{name} differs from crds/{name}: run `make chart-sync`")
+            f"charts/modelfleet/files/crds/{name} differs from crds/{name}: run `make chart-sync`"
+        )
 
 
 def test_rendered_crds_are_the_repo_crds_plus_keep_policy(helm: Path) -> None:
@@ -402,7 +442,8 @@ def render_notes(helm: Path, tmp_path: Path, *set_args: str) -> str:
     shutil.copytree(CHART, chart)
     (chart / "templates" / "zz-notes.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
-        'data: {notes: {{ include "modelfleet/templates/NOTES.txt" . | quote }}}\n')
+        'data: {notes: {{ include "modelfleet/templates/NOTES.txt" . | quote }}}\n'
+    )
     docs = template(helm, *set_args, chart=chart)
     return str(one(docs, "ConfigMap")["data"]["notes"])
 
@@ -417,8 +458,9 @@ def test_notes_say_what_to_apply_next(helm: Path, tmp_path: Path) -> None:
 
 
 def test_notes_name_the_watched_namespaces(helm: Path, tmp_path: Path) -> None:
-    notes = render_notes(helm, tmp_path, "operator.scope=namespace",
-                         "operator.watchNamespaces={ml,ml-staging}")
+    notes = render_notes(
+        helm, tmp_path, "operator.scope=namespace", "operator.watchNamespaces={ml,ml-staging}"
+    )
     assert "only in: ml, ml-staging" in notes
     assert "kubectl apply -n ml -f - <<EOF" in notes
 
@@ -466,10 +508,12 @@ CLI_CASES = {
     "namespace scope": ["operator.scope=namespace", "operator.watchNamespaces={ml,ml-dev}"],
     "debug json": ["operator.logLevel=debug", "operator.logFormat=json"],
     "quiet plain": ["operator.logLevel=quiet", "operator.logFormat=plain"],
-    "verbose, other ports": ["operator.logLevel=verbose", "operator.healthPort=18080",
-                             "operator.metricsPort=19090"],
-    "pinned runtime": ["runtime.image.digest=sha256:" + "c" * 64,
-                       "runtime.image.pullPolicy=Never"],
+    "verbose, other ports": [
+        "operator.logLevel=verbose",
+        "operator.healthPort=18080",
+        "operator.metricsPort=19090",
+    ],
+    "pinned runtime": ["runtime.image.digest=sha256:" + "c" * 64, "runtime.image.pullPolicy=Never"],
 }
 
 
@@ -499,10 +543,12 @@ def test_rendered_command_line_is_accepted_by_the_operator_cli(
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert args.liveness == f"http://0.0.0.0:{ports['health']}/healthz"
     assert args.metrics_port == ports["metrics"]
-    level = next((v.split("=")[1] for v in values if v.startswith("operator.logLevel=")),
-                 "normal")
+    level = next((v.split("=")[1] for v in values if v.startswith("operator.logLevel=")), "normal")
     assert (args.debug, args.verbose, args.quiet) == (
-        level == "debug", level == "verbose", level == "quiet")
+        level == "debug",
+        level == "verbose",
+        level == "quiet",
+    )
     fmt = next((v.split("=")[1] for v in values if v.startswith("operator.logFormat=")), "full")
     assert args.log_format == fmt
 
@@ -517,4 +563,5 @@ def test_packaged_chart_renders_the_crd(helm: Path, tmp_path: Path) -> None:
     assert "modelfleet/values.schema.json" in names
     docs = template(helm, chart=tgz)
     assert [d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")] == [
-        "modeldeployments.modelfleet.io"]
+        "modeldeployments.modelfleet.io"
+    ]
