@@ -565,3 +565,18 @@ def test_packaged_chart_renders_the_crd(helm: Path, tmp_path: Path) -> None:
     assert [d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")] == [
         "modeldeployments.modelfleet.io"
     ]
+
+
+def test_block_owner_deletion_comes_with_finalizers_update(helm: Path) -> None:
+    """Children's owner references set blockOwnerDeletion; where the
+    OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift), creating them needs
+    `update` on modeldeployments/finalizers. The local cluster runs without that plugin, so this
+    part of the RBAC is checked here, statically."""
+    from modelfleet_operator.render.common import Owner, owner_reference  # noqa: PLC0415
+
+    ref = owner_reference(Owner(name="m", namespace="ns", uid="u"))
+    rules = rules_by_resource(one(template(helm), "ClusterRole")["rules"])
+    if ref.get("blockOwnerDeletion"):
+        assert rules.get(("modelfleet.io", "modeldeployments/finalizers")) == {"update"}
+    else:
+        assert ("modelfleet.io", "modeldeployments/finalizers") not in rules

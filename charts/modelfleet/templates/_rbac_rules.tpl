@@ -38,6 +38,12 @@ operator as this ServiceAccount and fails on any "forbidden".
 - apiGroups: ["modelfleet.io"]
   resources: ["modeldeployments/status"]
   verbs: ["patch"]
+# operator: children's ownerReferences set blockOwnerDeletion, which clusters running the
+# OwnerReferencesPermissionEnforcement admission plugin (e.g. OpenShift) only allow to
+# whoever may update the owner's finalizers.
+- apiGroups: ["modelfleet.io"]
+  resources: ["modeldeployments/finalizers"]
+  verbs: ["update"]
 # operator: server-side apply (patch, and create when the child is new), prune (list, delete),
 # reads the Deployment's rollout; kopf: watches children to put hand-edits back at once.
 - apiGroups: ["apps"]
