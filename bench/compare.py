@@ -469,6 +469,29 @@ def ratio(v: float | None, base: float | None) -> str:
     return "-" if not v or not base else f"{v / base:.2f}x"
 
 
+def not_first(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows where some peer beat modelfleet, metric by metric (what to profile next)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("conc") not in (None, "overload"):
+            groups.setdefault((r["model"], r["batching"], r["conc"]), []).append(r)
+    lines = []
+    metrics = (("rps", max), ("p50_ms", min), ("p99_ms", min), ("cpu_s_per_1k", min))
+    for key, rs in groups.items():
+        mf = next((r for r in rs if r["server"] == "modelfleet"), None)
+        if mf is None:
+            continue
+        lost = []
+        for m, best_of in metrics:
+            best = best_of((r for r in rs if r.get(m) is not None), key=lambda r: r[m])
+            if best["server"] != "modelfleet" and mf.get(m) is not None:
+                lost.append(f"{m} {best['server']} {best[m]:.2f} vs {mf[m]:.2f}")
+        if lost:
+            lines.append(f"- {key[0]}, batching {key[1]}, c={key[2]}: " + "; ".join(lost))
+    head = "Rows where a peer beat modelfleet (metric: best peer, its value vs modelfleet's):"
+    return [head, "", *lines] if lines else ["modelfleet was first on every row and metric."]
+
+
 def report(
     plan: Plan,
     rows: list[dict[str, Any]],
@@ -477,7 +500,7 @@ def report(
     meta: dict[str, Any],
 ) -> str:
     out = [
-        f"Run {meta['started']} · {meta['host']} · load average at start "
+        f"Run {meta['started']} · modelfleet @ {meta['rev']} · load average at start "
         f"{meta['load_start']} / end "
         f"{meta['load_end']} (2 cores, shared) · server on core {SERVER_CPU}, "
         f"load generator on core {LOAD_CPU} · "
@@ -508,6 +531,7 @@ def report(
             f"{ratio(r['p99_ms'], b.get('p99_ms'))} | {errs} | {fmt(r['cpu_s_per_1k'], '.2f')} | "
             f"{ratio(r['cpu_s_per_1k'], b.get('cpu_s_per_1k'))} | {r['pss_mib']:.0f} |"
         )
+    out += ["", *not_first(rows)]
     skipped = sorted({(r["server"], r["batching"], r["skipped"]) for r in rows if r.get("skipped")})
     if skipped:
         out += ["", "Not run: " + "; ".join(f"{s} ({b}): {why}" for s, b, why in skipped)]
@@ -653,7 +677,14 @@ def main() -> None:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    meta = {"started": started, "host": socket.gethostname(), "load_start": uptime()}
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    meta = {"started": started, "host": socket.gethostname(), "load_start": uptime(), "rev": rev}
     try:
         say(f"preparing (loadgen, models, peer environments under {CACHE}) ...")
         peers, expected, exp_file, env_failed = prepare(peers, say)
