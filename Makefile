@@ -38,7 +38,7 @@ test: install cluster-build lint ## Install everything, build the local cluster 
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
-test-unit: install ## Run only the fast unit tests
+test-unit: install cluster-build ## Run the unit tests (the chart tests need the helm that cluster-build makes)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test-runtime
