@@ -200,7 +200,10 @@ def main() -> int:
             print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         os.killpg(op.pid, signal.SIGTERM)
-        op.wait(30)
+        try:
+            op.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(op.pid, signal.SIGKILL)
 
     print(f"\noperator benchmark (operator log: {log_path}); idle RSS {idle_rss:.0f} MiB")
     print("| MDs | measured | done | p50 s | p99 s | total s | reconciles | reconciles/s "
