@@ -35,17 +35,16 @@ def _reconciler(memo: Any) -> Reconciler:
     return rec
 
 
-def _run(memo: Any, namespace: str, name: str, trigger: str, *, full: bool = True,
-         raise_invalid: bool = True) -> Outcome | None:
+def _run(memo: Any, namespace: str, name: str, trigger: str) -> Outcome | None:
     try:
-        outcome = _reconciler(memo).request(namespace, name, full=full, trigger=trigger)
+        outcome = _reconciler(memo).request(namespace, name, trigger=trigger)
     except KubeError as exc:
         if exc.retryable:
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from exc
         # e.g. 403 or 422: the status already says so; retrying cannot help until
-        # something changes, and a change (or the resync timer) brings us back.
+        # something changes, and a change (or the resync) brings us back.
         raise kopf.PermanentError(str(exc)) from exc
-    if outcome is not None and outcome.invalid is not None and raise_invalid:
+    if outcome is not None and outcome.invalid is not None:
         # Status says InvalidSpec; do not retry until the spec changes.
         raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
     return outcome
