@@ -180,6 +180,12 @@ class Reconciler:
         except InvalidSpec as exc:
             invalid = exc
         deployment = self._call(lambda: self.kube.get("Deployment", namespace, name))
+        if not full and deployment is not None:
+            with self._memory_lock:
+                known = self._applied.get(("Deployment", namespace, name))
+            # A status refresh that finds the Deployment changed since our last apply has
+            # found drift (a hand edit): put it back now.
+            full = known is not None and known != self._version(deployment)
         pods_before = self._call(lambda: self.kube.list("Pod", namespace,
                                                         labels=selector_string(owner)))
         problems: list[Problem] = []
@@ -334,10 +340,16 @@ class Reconciler:
         namespace = meta.get("namespace", "")
         with self._memory_lock:
             known = self._applied.get((kind, namespace, meta.get("name", "")))
-        ours = event_type != "DELETED" and known == self._version(body)
-        if ours and kind != "Deployment":
-            return None
-        return self.request(namespace, owner, full=not ours, trigger=f"child-{kind}")
+        if event_type == "DELETED":
+            return self.request(namespace, owner, full=True, trigger=f"child-{kind}")
+        if kind == "Deployment":
+            # Status churn is most of these; the status refresh itself compares versions
+            # and escalates to a full reconcile on drift (see reconcile()), which also
+            # covers an event that overtook our own apply's response.
+            return self.request(namespace, owner, full=False, trigger=f"child-{kind}")
+        if known == self._version(body):
+            return None  # the echo of our own write
+        return self.request(namespace, owner, full=True, trigger=f"child-{kind}")
 
     def _prune(self, owner: Owner, wanted: set[str]) -> None:
         """Delete our children of kinds no longer wanted (e.g. the HPA once autoscaling

@@ -246,7 +246,22 @@ def test_child_events_tell_our_echoes_from_drift() -> None:
     rec.child_event("Deployment", "MODIFIED", dep, "resnet")  # status churn: refresh only
     assert calls == [False]
     rec.child_event("Service", "DELETED", svc, "resnet")  # gone: put it back
-    edited = copy.deepcopy(dep)
-    edited["metadata"]["resourceVersion"] = "999"  # a hand edit (no generation here)
-    rec.child_event("Deployment", "MODIFIED", edited, "resnet")
+    edited = copy.deepcopy(svc)
+    edited["metadata"]["resourceVersion"] = "999"  # a hand edit (Services have no generation)
+    rec.child_event("Service", "MODIFIED", edited, "resnet")
     assert calls == [False, True, True]
+
+
+def test_status_refresh_escalates_to_full_reconcile_on_deployment_drift() -> None:
+    kube, rec = cluster()
+    rec.reconcile("ml", "resnet")
+    applied = len(kube.applied)
+    rec.reconcile("ml", "resnet", full=False)  # unchanged: status only
+    assert len(kube.applied) == applied
+    dep = kube.objects[("Deployment", "ml", "resnet")]
+    dep["metadata"]["generation"] = 7  # someone edited the spec
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    rec.reconcile("ml", "resnet", full=False)
+    assert len(kube.applied) > applied
+    assert kube.objects[("Deployment", "ml", "resnet")]["spec"]["template"]["spec"][
+        "containers"][0]["image"] != "evil:1"
