@@ -134,6 +134,7 @@ class KubeCluster:
 
 def _env_for(kubeconfig: pathlib.Path, bins: pathlib.Path) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("PYTEST_CURRENT_TEST", None)  # a stale test name would only mislead child processes
     env["KUBECONFIG"] = str(kubeconfig)
     env["PATH"] = f"{bins}{os.pathsep}{env.get('PATH', '')}"
     return env
