@@ -52,7 +52,9 @@ def test_hpa_scales_up_on_simulated_cpu(kube_cluster: KubeCluster, namespace: st
     )
     assert 800 <= cpu <= 1000, f"expected ~900m CPU from the annotation, got {cpu}m"
     # Every node reports (kwok adds a 250m system baseline), so `kubectl top nodes` is complete.
-    node_metrics = kube_cluster.kubectl_json("get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes")
+    node_metrics = json.loads(
+        kube_cluster.kubectl("get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes").stdout
+    )
     reporting = {item["metadata"]["name"] for item in node_metrics["items"]}
     assert {"gpu-h100-0", "gpu-a100-mig-0", "gpu-l4-0", "cpu-0"} <= reporting, reporting
     hpa: dict[str, Any] = {
