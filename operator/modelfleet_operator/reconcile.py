@@ -146,6 +146,9 @@ class Reconciler:
         self._memory_lock = threading.Lock()
         self._applied: dict[tuple[str, str, str], str] = {}
         self._pruned: dict[tuple[str, str, str], frozenset[str]] = {}
+        # The last apply failure per object, until an apply succeeds: a status refresh
+        # (which does not apply) must not report Ready over a child that was never written.
+        self._apply_failures: dict[tuple[str, str], str] = {}
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -213,7 +216,18 @@ class Reconciler:
                     deployment = self._apply(owner, spec, strategy) or deployment
                 except KubeError as exc:
                     error = exc
-                    problems.append(Problem(Reason.APPLY_FAILED, exc.message or str(exc)))
+                    message = exc.message or str(exc)
+                    problems.append(Problem(Reason.APPLY_FAILED, message))
+                    with self._memory_lock:
+                        self._apply_failures[(namespace, name)] = message
+                else:
+                    with self._memory_lock:
+                        self._apply_failures.pop((namespace, name), None)
+            else:
+                with self._memory_lock:
+                    failure = self._apply_failures.get((namespace, name))
+                if failure is not None:
+                    problems.append(Problem(Reason.APPLY_FAILED, failure))
         # After an apply the pods may have changed; otherwise the first list is current.
         pods = pods_before if not full else self._call(
             lambda: self.kube.list("Pod", namespace, labels=selector_string(owner)))

@@ -178,6 +178,24 @@ def test_retryable_apply_error_is_reported_then_raised() -> None:
     assert out.error is not None
 
 
+def test_status_refresh_keeps_reporting_a_failed_apply_until_one_succeeds() -> None:
+    # A pod event triggers a status-only refresh; it must not turn Ready over a child
+    # (here: every child after the Deployment) that could not be written.
+    kube, rec = cluster()
+    rec.reconcile("ml", "resnet")
+    ready_deployment(kube)
+    assert rec.reconcile("ml", "resnet").ready  # remembers the Deployment as applied
+    kube.fail_apply = KubeError(403, "Forbidden", "services \"resnet\" is forbidden")
+    rec.reconcile("ml", "resnet")
+    out = rec.reconcile("ml", "resnet", full=False)
+    ready = kube.objects[("ModelDeployment", "ml", "resnet")]["status"]["conditions"][0]
+    assert not out.ready
+    assert ready["reason"] == "ApplyFailed" and "forbidden" in ready["message"]
+    kube.fail_apply = None
+    assert rec.reconcile("ml", "resnet").ready
+    assert rec.reconcile("ml", "resnet", full=False).ready
+
+
 def test_deleted_object_is_a_no_op() -> None:
     kube, rec = cluster()
     del kube.objects[("ModelDeployment", "ml", "resnet")]
