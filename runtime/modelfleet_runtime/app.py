@@ -172,6 +172,7 @@ class App:
                 if not raw_len.isdigit():
                     raise BadRequest("Inference-Header-Content-Length must be an integer")
                 header_len = int(raw_len)
+            batcher.check_admission()  # before decoding: refusals must stay cheap
             body = req.body
             encoding = req.headers.get("content-encoding")
             if encoding is not None:
@@ -186,6 +187,9 @@ class App:
                     raise BadRequest(f"{TIMEOUT_HEADER} must be a number") from None
                 if header_s > 0:
                     timeout_s = header_s if timeout_s is None else min(timeout_s, header_s)
+        except Overloaded as exc:
+            metrics.request_done(exc.status, time.perf_counter() - started, exc.outcome)
+            raise
         except ServingError as exc:
             metrics.request_done(exc.status, time.perf_counter() - started)
             raise
@@ -225,7 +229,7 @@ class App:
         try:
             ticket = batcher.submit(ir, ir.rows, done, deadline)
         except Overloaded as exc:
-            metrics.request_done(exc.status, time.perf_counter() - started)
+            metrics.request_done(exc.status, time.perf_counter() - started, exc.outcome)
             raise
         metrics.inflight.inc()
         if timeout_s:

@@ -88,19 +88,25 @@ class Batcher(Generic[P, R]):
     def idle(self) -> bool:
         return self._depth == 0 and not self._busy
 
+    def check_admission(self) -> None:
+        """Raise Overloaded when a submit now would be refused (full, or shutting down).
+        Callers check before decoding a request, so an overloaded server spends no CPU on
+        bodies it refuses (submit checks again under the lock)."""
+        if self._stopping:
+            raise Overloaded("server is shutting down", status=503, outcome="unavailable")
+        if self._depth >= self.max_queue_size:
+            raise Overloaded(
+                f"queue full ({self.max_queue_size} requests waiting); retry later",
+                status=self._overload_status,
+            )
+
     def submit(
         self, payload: P, rows: int, callback: Callback[R], deadline: float | None = None
     ) -> Ticket[P, R]:
         """Queue a request, or raise Overloaded at once when the queue is full."""
         ticket: Ticket[P, R] = Ticket(payload, rows, deadline, callback, time.monotonic())
         with self._cond:
-            if self._stopping:
-                raise Overloaded("server is shutting down", status=503)
-            if self._depth >= self.max_queue_size:
-                raise Overloaded(
-                    f"queue full ({self.max_queue_size} requests waiting); retry later",
-                    status=self._overload_status,
-                )
+            self.check_admission()
             self._queue.append(ticket)
             self._depth += 1
             depth = self._depth

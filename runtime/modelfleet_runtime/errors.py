@@ -49,9 +49,18 @@ class Unavailable(ServingError):
 class Overloaded(ServingError):
     """The queue is full; answered at once with ``Retry-After``."""
 
-    def __init__(self, message: str, *, status: int = 503, retry_after_s: int = 1) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 503,
+        retry_after_s: int = 1,
+        outcome: str = "overloaded",
+    ) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
         self.status = status
+        # The metrics outcome: a full queue is "overloaded" whether answered 503 or 429.
+        self.outcome = outcome
 
 
 class DeadlineExceeded(ServingError):

@@ -80,10 +80,12 @@ class Metrics:
             "modelfleet_model_ready", "1 when the model is loaded and serving", labels, registry=r
         ).labels(*values)
 
-    def request_done(self, status: int, seconds: float) -> None:
-        counter = self._outcomes.get(status)
+    def request_done(self, status: int, seconds: float, outcome: str | None = None) -> None:
+        counter = None if outcome else self._outcomes.get(status)
         if counter is None:
-            counter = self._requests.labels(*self._values, OUTCOMES.get(status, str(status)))
+            counter = self._requests.labels(
+                *self._values, outcome or OUTCOMES.get(status, str(status))
+            )
         counter.inc()
         self.request_seconds.observe(seconds)
 

@@ -65,9 +65,21 @@ def test_full_queue_is_refused_at_once_with_retry_after(busy_server: Runtime) ->
     for _, headers, seconds in refused:
         assert headers["retry-after"] == "1"
         assert seconds < 0.3  # refused at once, not after waiting for a slot
-    outcome = "overloaded" if overload == 429 else "unavailable"
+    # A full queue counts as "overloaded", whichever status code answers it.
     assert metric_value(busy_server.metrics(), "modelfleet_requests_total",
-                        outcome=outcome, **LABELS) >= len(refused)  # fmt: skip
+                        outcome="overloaded", **LABELS) >= len(refused)  # fmt: skip
+
+
+def test_a_full_queue_refuses_before_decoding_the_body(busy_server: Runtime) -> None:
+    # Refusing must stay cheap under overload: the queue check comes before the JSON
+    # decode, so even a malformed body is answered with the overload status, not a 400.
+    overload = int(busy_server.proc.args[busy_server.proc.args.index("--overload-status") + 1])
+    filler = threading.Thread(target=fire, args=(busy_server, 3))  # 1 computing + 2 queued
+    filler.start()
+    time.sleep(0.15)
+    status, headers, _ = busy_server.request("POST", "/v2/models/slow/infer", b"{not json")
+    filler.join(60)
+    assert status == overload and headers["retry-after"] == "1"
 
 
 @pytest.mark.parametrize("how", ["header", "parameter"])
