@@ -15,6 +15,7 @@ import math
 import zlib
 from typing import Any
 
+import orjson
 import torch
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -44,6 +45,17 @@ _ARRAY_CODES = {
     "BF16": ("f", torch.float32),
 }  # fmt: skip
 ITEM_SIZE = {name: torch.empty((), dtype=dt).element_size() for name, dt in TORCH_DTYPES.items()}
+def _loads(raw: bytes | bytearray) -> Any:
+    """Parse a request's JSON. orjson is 4-7x faster than the stdlib on tensor bodies (the
+    decode runs on the event loop, so this is per-request CPU); it is strict JSON, so fall
+    back to the stdlib for what it refuses but clients send: NaN/Infinity (tritonclient
+    writes them for float NaNs) and integers beyond 64 bits."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 _DUMPS = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
 
 
@@ -85,7 +97,7 @@ def decode_infer(
             f"Inference-Header-Content-Length {header_length} exceeds the body ({len(body)} bytes)"
         )
     try:
-        doc = json.loads(body[:header_length] if header_length != len(body) else body)
+        doc = _loads(body[:header_length] if header_length != len(body) else body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON in request body: {exc}") from None
     if not isinstance(doc, dict):

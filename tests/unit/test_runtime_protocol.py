@@ -108,3 +108,16 @@ def test_safetensors_reader_round_trip_and_refusals(tmp_path: Path) -> None:
         path.write_bytes(bad)
         with pytest.raises(LoadError):
             read_safetensors(path)
+
+
+def test_json_the_strict_parser_refuses_still_decodes() -> None:
+    # NaN/Infinity (what Python clients such as tritonclient write for float NaNs) and
+    # integers beyond 64 bits are not strict JSON; they must decode as before.
+    body = (b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[NaN,-Infinity]},'
+            b'{"name":"ids","datatype":"INT64","shape":[1,1],"data":[3]}],'
+            b'"parameters":{"big":123456789012345678901234567890}}')
+    req = decode_infer(body, None, MANIFEST)
+    x = req.inputs[0]
+    assert torch.isnan(x[0, 0]) and x[0, 1].item() == float("-inf")
+    with pytest.raises(BadRequest, match="malformed JSON"):
+        decode_infer(b'{"inputs": [', None, MANIFEST)
