@@ -187,11 +187,8 @@ class App:
                     raise BadRequest(f"{TIMEOUT_HEADER} must be a number") from None
                 if header_s > 0:
                     timeout_s = header_s if timeout_s is None else min(timeout_s, header_s)
-        except Overloaded as exc:
-            metrics.request_done(exc.status, time.perf_counter() - started, exc.outcome)
-            raise
         except ServingError as exc:
-            metrics.request_done(exc.status, time.perf_counter() - started)
+            metrics.request_done(exc.status, time.perf_counter() - started, exc.outcome)
             raise
 
         timer: list[asyncio.TimerHandle] = []

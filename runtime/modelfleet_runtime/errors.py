@@ -8,6 +8,9 @@ class ServingError(Exception):
 
     status = 500
 
+    # The metrics outcome when the status code alone does not say it (see Overloaded).
+    outcome: str | None = None
+
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
