@@ -28,33 +28,39 @@ TEST_IMAGE = "registry.invalid/modelfleet-runtime:test"
 CRD_NAME = "modeldeployments.modelfleet.io"
 
 
-def _crd(cluster: KubeCluster) -> dict[str, Any] | None:
+def get_crd(cluster: KubeCluster) -> dict[str, Any] | None:
     proc = cluster.kubectl("get", "crd", CRD_NAME, "-o", "json", check=False)
     return json.loads(proc.stdout) if proc.returncode == 0 else None
 
 
-def _established(crd: dict[str, Any] | None) -> bool:
-    conditions = (crd or {}).get("status", {}).get("conditions") or []
-    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+def wait_established(cluster: KubeCluster) -> dict[str, Any]:
+    """The live CRD once Established. Polled rather than `kubectl wait`, which errors out
+    instead of waiting while a new CRD has no status.conditions yet."""
+
+    def established() -> dict[str, Any] | None:
+        crd = get_crd(cluster)
+        conditions = (crd or {}).get("status", {}).get("conditions") or []
+        ok = any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+        return crd if ok else None
+
+    return wait_for(
+        established,
+        timeout=60,
+        what=f"CRD {CRD_NAME} to be Established",
+        describe=lambda: json.dumps((get_crd(cluster) or {}).get("status"), indent=1),
+    )
 
 
 def install_crd(cluster: KubeCluster) -> None:
     # An earlier test (a helm uninstall) may have left the CRD terminating: applying over it
     # would be lost when it goes.
     wait_for(
-        lambda: not (crd := _crd(cluster)) or not crd["metadata"].get("deletionTimestamp"),
+        lambda: not (crd := get_crd(cluster)) or not crd["metadata"].get("deletionTimestamp"),
         timeout=120,
         what=f"the terminating CRD {CRD_NAME} to be gone",
     )
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    # Polled rather than `kubectl wait`, which errors out instead of waiting while a new
-    # CRD has no status.conditions yet.
-    wait_for(
-        lambda: _established(_crd(cluster)),
-        timeout=60,
-        what=f"CRD {CRD_NAME} to be Established",
-        describe=lambda: json.dumps((_crd(cluster) or {}).get("status"), indent=1),
-    )
+    wait_established(cluster)
     # Discovery caches catch up a moment after Established.
     wait_for(
         lambda: cluster.kubectl("get", "mdep", "-A", check=False).returncode == 0,

@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 import yaml
 from kube_harness import KubeCluster, condition, wait_for
+from operator_support import CRD, CRD_NAME, get_crd, wait_established
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelfleet"
-CRD_NAME = "modeldeployments.modelfleet.io"
-CRD_FILE = REPO / "crds" / "modelfleet.io_modeldeployments.yaml"
 
 pytestmark = pytest.mark.slow
 
@@ -90,11 +89,6 @@ def release_name() -> str:
     return f"mf-{uuid.uuid4().hex[:6]}"
 
 
-def get_crd(cluster: KubeCluster) -> dict[str, Any] | None:
-    proc = cluster.kubectl("get", "crd", CRD_NAME, "-o", "json", check=False)
-    return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-
 def adopt_crd(cluster: KubeCluster, release: str, namespace: str) -> None:
     """Let `helm install` take over a CRD created with kubectl (Helm's adoption metadata)."""
     if get_crd(cluster) is None:
@@ -117,21 +111,11 @@ def crd_guard(kube_cluster: KubeCluster) -> Iterator[None]:
     yield
     if existed:
         # PUT the generated CRD back: drops Helm's ownership metadata and any test change.
-        kube_cluster.kubectl("replace", "-f", str(CRD_FILE))
+        kube_cluster.kubectl("replace", "-f", str(CRD))
     else:
         kube_cluster.kubectl(
             "delete", "crd", CRD_NAME, "--ignore-not-found", "--wait=true", timeout=180
         )
-
-
-def wait_established(cluster: KubeCluster) -> dict[str, Any]:
-    def established() -> dict[str, Any] | None:
-        crd = get_crd(cluster)
-        conditions = (crd or {}).get("status", {}).get("conditions", [])
-        conds = {c["type"]: c["status"] for c in conditions}
-        return crd if conds.get("Established") == "True" else None
-
-    return wait_for(established, timeout=60, what=f"CRD {CRD_NAME} to be Established")
 
 
 def notes_manifest(notes: str) -> dict[str, Any]:
@@ -183,7 +167,7 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
         crd = wait_established(kube_cluster)
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release
-        want = yaml.safe_load(CRD_FILE.read_text())
+        want = yaml.safe_load(CRD.read_text())
         assert crd["spec"]["versions"] == want["spec"]["versions"]
 
         # kubectl teaches the API from the installed CRD.
@@ -294,7 +278,7 @@ def changed_chart(tmp: Path) -> Path:
     """A copy of the chart whose CRD gained an optional spec field and a printer column."""
     chart = tmp / "modelfleet"
     shutil.copytree(CHART, chart)
-    crd_path = chart / "files" / "crds" / CRD_FILE.name
+    crd_path = chart / "files" / "crds" / CRD.name
     crd = yaml.safe_load(crd_path.read_text())
     version = crd["spec"]["versions"][0]
     version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["upgradeProbe"] = {

@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 import yaml
 from kube_harness import KubeCluster, condition, wait_for
-from test_helm_install import CRD_FILE, CRD_NAME, Helm, get_crd, wait_established
+from operator_support import CRD, CRD_NAME, get_crd, wait_established
+from test_helm_install import Helm
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelfleet"
@@ -53,7 +54,7 @@ def crd(kube_cluster: KubeCluster) -> Iterator[None]:
     only one release can own it, and CRD installation is test_helm_install's subject)."""
     existed = get_crd(kube_cluster) is not None
     if not existed:
-        kube_cluster.kubectl("create", "-f", str(CRD_FILE))
+        kube_cluster.kubectl("create", "-f", str(CRD))
     wait_established(kube_cluster)
     yield
     if not existed:
