@@ -43,3 +43,11 @@ cluster_workdir_root() {
     echo "${MODELFLEET_CACHE}/kwok"
   fi
 }
+
+# Whether kwokctl (on PATH, KWOK_WORKDIR set) knows cluster $1. Not a pipe into grep -q: under
+# pipefail a SIGPIPE after the match would read as "absent".
+cluster_exists() {
+  local all
+  all="$(kwokctl get clusters 2>/dev/null || true)"
+  grep -qx "$1" <<<"${all}"
+}
