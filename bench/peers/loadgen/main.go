@@ -82,6 +82,12 @@ func classify(err error) (string, bool) {
 	return "other", true
 }
 
+// headerList collects repeated -H flags.
+type headerList []string
+
+func (h *headerList) String() string     { return strings.Join(*h, ", ") }
+func (h *headerList) Set(v string) error { *h = append(*h, v); return nil }
+
 func main() {
 	url := flag.String("url", "", "target URL")
 	bodyFile := flag.String("body", "", "request body file (POST); empty = GET")
@@ -94,6 +100,9 @@ func main() {
 	timeout := flag.Duration("timeout", 10*time.Second, "per-request timeout")
 	expect := flag.String("expect", "", "substring a 2xx body must contain")
 	out := flag.String("o", "", "write JSON result here (default stdout)")
+	var headers headerList
+	flag.Var(&headers, "H", "extra request header 'Name: value' (repeatable), e.g. "+
+		"Inference-Header-Content-Length for binary tensor bodies")
 	flag.Parse()
 
 	var body []byte
@@ -123,6 +132,10 @@ func main() {
 			req.Header.Set("Content-Type", *ctype)
 		} else {
 			req, _ = http.NewRequest("GET", *url, nil)
+		}
+		for _, h := range headers {
+			name, value, _ := strings.Cut(h, ":")
+			req.Header.Set(strings.TrimSpace(name), strings.TrimSpace(value))
 		}
 		t0 := time.Now()
 		resp, err := client.Do(req)
