@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
+import math
 import signal
 import threading
 import time
@@ -16,6 +18,7 @@ import torch
 from . import __version__
 from .batching import Batcher
 from .config import ServeConfig, write_termination_log
+from .cpus import default_threads
 from .errors import (
     BadRequest,
     LoadError,
@@ -30,11 +33,23 @@ from .httpserver import HttpServer, Respond, Response
 from .manifest import Manifest, load_manifest
 from .metrics import Metrics
 from .model import PLATFORMS, LoadOptions, Model, load
-from .protocol import InferRequest, decode_infer, decompress, dumps, encode_response
+from .protocol import (
+    TORCH_DTYPES,
+    InferRequest,
+    decode_infer,
+    decompress,
+    dumps,
+    encode_response,
+)
 
 log = logging.getLogger("modelfleet_runtime")
 
 TIMEOUT_HEADER = "modelfleet-timeout-ms"
+# JSON documents larger than this are decoded on a worker thread, so one big body (or a small
+# gzip bomb) does not hold up every other connection; smaller ones cost less than the hop.
+INLINE_DECODE_BYTES = 64 * 1024
+# (body, Inference-Header-Content-Length): an answer, encoded on the batcher thread
+Answer = tuple[bytes, int | None]
 IDLE_GRACE_S = 0.2
 _TRITON_TYPES = {
     "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
@@ -57,6 +72,41 @@ def _error(exc: BaseException) -> Response:
         return Response(exc.status, error_body(exc.message), headers=tuple(exc.headers.items()))
     log.error("unexpected error: %r", exc)
     return Response(500, error_body(f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def _answer(answer: Answer) -> Response:
+    body, header_len = answer
+    if header_len is None:
+        return Response(200, body)
+    return Response(200, body, "application/octet-stream", (
+        ("Inference-Header-Content-Length", str(header_len)),
+    ))  # fmt: skip
+
+
+def _header_timeout(raw: str | None) -> float | None:
+    """The modelfleet-timeout-ms header in seconds (None: absent or 0)."""
+    if raw is None:
+        return None
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = -1.0
+    if not 0 <= ms < math.inf:  # NaN fails too
+        raise BadRequest(f"{TIMEOUT_HEADER} must be a finite number of milliseconds >= 0")
+    return ms / 1000.0 if ms > 0 else None
+
+
+def _empty_outputs(manifest: Manifest) -> list[torch.Tensor]:
+    """The outputs of a zero-row request, when the manifest fixes every other dimension."""
+    out = []
+    for spec in manifest.outputs:
+        if any(d < 0 for d in spec.shape[1:]):
+            raise BadRequest(
+                f"a request with zero rows has no answer: output {spec.signature()} has a "
+                "dynamic dimension besides the batch axis"
+            )
+        out.append(torch.empty((0, *spec.shape[1:]), dtype=TORCH_DTYPES[spec.datatype]))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +138,9 @@ class App:
         self.metrics = metrics
         self.loop = loop
         self.model: Model | None = None
-        self.batcher: Batcher[InferRequest, list[torch.Tensor]] | None = None
+        self.batcher: Batcher[InferRequest, Answer] | None = None
+        self._decoder = concurrent.futures.ThreadPoolExecutor(1, "modelfleet-decode")
+        self._decoding = 0  # requests on or waiting for the decode thread
         self.ready = False
         self._routes: dict[str, Callable[[], Response]] = {
             "/v2/health/live": lambda: _json(200, {"live": True}),
@@ -161,7 +213,6 @@ class App:
 
     def _infer(self, req: Request, respond: Respond) -> None:
         started = time.perf_counter()
-        metrics = self.metrics
         try:
             batcher = self.batcher
             if batcher is None:
@@ -169,32 +220,79 @@ class App:
             header_len: int | None = None
             raw_len = req.headers.get("inference-header-content-length")
             if raw_len is not None:
-                if not raw_len.isdigit():
+                if not (raw_len.isascii() and raw_len.isdigit()):
                     raise BadRequest("Inference-Header-Content-Length must be an integer")
                 header_len = int(raw_len)
             batcher.check_admission()  # before decoding: refusals must stay cheap
+            if self._decoding >= self.cfg.max_queue_size:
+                raise Overloaded(f"{self._decoding} request bodies waiting to be decoded; "
+                                 "retry later", status=self.cfg.overload_status)  # fmt: skip
+            timeout_s = _header_timeout(req.headers.get(TIMEOUT_HEADER))
             body = req.body
             encoding = req.headers.get("content-encoding")
-            if encoding is not None:
-                body = decompress(body, encoding, self.cfg.max_body_bytes)
-            ir = decode_infer(body, header_len, self.manifest)
-            timeout_s = ir.timeout_s
-            raw_timeout = req.headers.get(TIMEOUT_HEADER)
-            if raw_timeout is not None:
-                try:
-                    header_s = float(raw_timeout) / 1000.0
-                except ValueError:
-                    raise BadRequest(f"{TIMEOUT_HEADER} must be a number") from None
-                if header_s > 0:
-                    timeout_s = header_s if timeout_s is None else min(timeout_s, header_s)
+            json_bytes = len(body) if header_len is None else header_len
+            if encoding is None and json_bytes <= INLINE_DECODE_BYTES:
+                ir = self._decode(body, None, header_len)
+            else:
+                self._decoding += 1
+                future = self.loop.run_in_executor(
+                    self._decoder, self._decode, body, encoding, header_len
+                )
+                future.add_done_callback(lambda f: self._decoded(f, timeout_s, started, respond))
+                return
         except ServingError as exc:
-            metrics.request_done(exc.status, time.perf_counter() - started, exc.outcome)
+            self.metrics.request_done(exc.status, time.perf_counter() - started, exc.outcome)
             raise
+        self._submit(ir, timeout_s, started, respond)
+
+    def _decode(
+        self, body: bytearray, encoding: str | None, header_len: int | None
+    ) -> InferRequest:
+        """Decompress and decode one request (on the loop, or on the decode thread)."""
+        if encoding is not None:
+            body = decompress(body, encoding, self.cfg.max_body_bytes)
+        return decode_infer(body, header_len, self.manifest, self.cfg.max_batch_size)
+
+    def _decoded(
+        self,
+        future: asyncio.Future[InferRequest],
+        timeout_s: float | None,
+        started: float,
+        respond: Respond,
+    ) -> None:
+        self._decoding -= 1
+        try:
+            ir = future.result()
+        except ServingError as exc:
+            self.metrics.request_done(exc.status, time.perf_counter() - started, exc.outcome)
+            respond(_error(exc))
+            return
+        except Exception as exc:
+            self.metrics.request_done(500, time.perf_counter() - started)
+            respond(_error(exc))
+            return
+        self._submit(ir, timeout_s, started, respond)
+
+    def _submit(
+        self, ir: InferRequest, timeout_s: float | None, started: float, respond: Respond
+    ) -> None:
+        metrics = self.metrics
+        batcher = self.batcher
+        assert batcher is not None  # _infer checked
+        timeout_s = ir.timeout_s if timeout_s is None else min(timeout_s, ir.timeout_s or timeout_s)
+        if ir.rows == 0:  # nothing to compute: answered alone, never merged into a batch
+            try:
+                resp = _answer(self._encode(ir, _empty_outputs(self.manifest)))
+            except ServingError as exc:
+                resp = _error(exc)
+            metrics.request_done(resp.status, time.perf_counter() - started)
+            respond(resp)
+            return
 
         timer: list[asyncio.TimerHandle] = []
 
         def done(
-            outputs: list[torch.Tensor] | None,
+            answer: Answer | None,
             error: BaseException | None,
             queue_s: float,
             compute_s: float,
@@ -202,22 +300,10 @@ class App:
             metrics.inflight.dec()
             if timer:
                 timer[0].cancel()
-            if error is not None or outputs is None:
+            if error is not None or answer is None:
                 resp = _error(error or RuntimeError("no result"))
             else:
-                try:
-                    body, header_len = encode_response(
-                        self.name, self.version, ir, outputs, self.manifest
-                    )
-                except Exception as exc:
-                    resp = _error(exc)
-                else:
-                    if header_len is None:
-                        resp = Response(200, body)
-                    else:
-                        resp = Response(200, body, "application/octet-stream", (
-                            ("Inference-Header-Content-Length", str(header_len)),
-                        ))  # fmt: skip
+                resp = _answer(answer)
             metrics.queue_seconds.observe(queue_s)
             metrics.request_done(resp.status, time.perf_counter() - started)
             respond(resp)
@@ -227,10 +313,35 @@ class App:
             ticket = batcher.submit(ir, ir.rows, done, deadline)
         except Overloaded as exc:
             metrics.request_done(exc.status, time.perf_counter() - started, exc.outcome)
-            raise
+            respond(_error(exc))
+            return
         metrics.inflight.inc()
         if timeout_s:
             timer.append(self.loop.call_later(timeout_s, batcher.expire, ticket))
+
+    def process_batch(self, requests: list[InferRequest]) -> list[Answer | BaseException]:
+        """Batcher callback (its thread): forward pass, then every answer encoded there, so
+        the event loop only writes bytes."""
+        model = self.model
+        assert model is not None  # the batcher starts after the load
+        results = model.run_batch(requests)
+        return [
+            r if isinstance(r, BaseException) else self._encode_or_error(ir, r)
+            for ir, r in zip(requests, results, strict=True)
+        ]
+
+    def _encode(self, ir: InferRequest, outputs: list[torch.Tensor]) -> Answer:
+        return encode_response(
+            self.name, self.version, ir, outputs, self.manifest, max_bytes=self.cfg.max_body_bytes
+        )
+
+    def _encode_or_error(
+        self, ir: InferRequest, outputs: list[torch.Tensor]
+    ) -> Answer | BaseException:
+        try:
+            return self._encode(ir, outputs)
+        except Exception as exc:  # a ServingError (answer too big) or a bug: this request only
+            return exc
 
     # -- documents ---------------------------------------------------------------------------
 
@@ -362,13 +473,13 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
         write_termination_log(reason)
         return 1
 
-    threads = cfg.threads
+    threads = cfg.threads or default_threads()
 
     def post(fn: Callable[[], None]) -> None:
         loop.call_soon_threadsafe(fn)
 
-    batcher: Batcher[InferRequest, list[torch.Tensor]] = Batcher(
-        model.run_batch,
+    batcher: Batcher[InferRequest, Answer] = Batcher(
+        app.process_batch,
         post=post,
         max_batch_size=model.max_batch_size,
         max_delay_s=cfg.max_batch_delay_ms / 1000.0,
@@ -415,8 +526,8 @@ def run(cfg: ServeConfig) -> int:
         level=cfg.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    # the default follows the CPU quota and affinity, not the node's core count
+    torch.set_num_threads(cfg.threads or default_threads())
     try:
         ident = resolve_identity(cfg)
     except LoadError as exc:

@@ -3,6 +3,11 @@
 Binary tensor data extension: the body is a JSON header of ``Inference-Header-Content-Length``
 bytes followed by the raw little-endian tensor bytes of every input whose parameters carry
 ``binary_data_size``, in the order the inputs are listed.
+
+Answers are always strict JSON: a non-finite output value (NaN, +Inf, -Inf) is written as
+``null`` in JSON "data" (tritonclient's ``as_numpy`` reads null back as NaN); binary outputs keep
+the exact IEEE values. Requests may carry NaN/Infinity tokens in float input data (tritonclient
+writes them) but nowhere a number must be finite (``timeout``).
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import array
 import ctypes
 import dataclasses
+import itertools
 import json
 import math
 import zlib
 from typing import Any
 
+import numpy as np
 import orjson
 import torch
 
@@ -45,18 +52,33 @@ _ARRAY_CODES = {
     "BF16": ("f", torch.float32),
 }  # fmt: skip
 ITEM_SIZE = {name: torch.empty((), dtype=dt).element_size() for name, dt in TORCH_DTYPES.items()}
+# JSON value types each datatype's "data" may hold: no booleans in numbers, no floats in
+# integers (1.5 for INT64 is a client bug, not something to truncate silently)
+_FLOATS = frozenset({float, int})
+_INTS = frozenset({int})
+_ALLOWED = {name: _FLOATS if name.startswith(("FP", "BF")) else _INTS for name in TORCH_DTYPES}
+_ALLOWED["BOOL"] = frozenset({bool})
+_KIND = {"BOOL": "true/false", **{n: "numbers" for n in TORCH_DTYPES if n.startswith(("FP", "BF"))}}
+# a whole request's lifetime in microseconds fits Triton's uint64 timeout
+MAX_TIMEOUT_US = 2**64 - 1
+MAX_ID_CHARS = 1024
+# numpy views of output tensors are serialized by orjson in C (no per-element Python objects)
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
 def _loads(raw: bytes | bytearray) -> Any:
-    """Parse a request's JSON. orjson is 4-7x faster than the stdlib on tensor bodies (the
-    decode runs on the event loop, so this is per-request CPU); it is strict JSON, so fall
-    back to the stdlib for what it refuses but clients send: NaN/Infinity (tritonclient
-    writes them for float NaNs) and integers beyond 64 bits."""
+    """Parse a request's JSON. orjson is 4-7x faster than the stdlib on tensor bodies; it is
+    strict JSON, so fall back to the stdlib for what it refuses but clients send: NaN/Infinity
+    (tritonclient writes them for float NaNs) and integers beyond 64 bits."""
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc) or "recursion" in str(exc):  # a nesting bomb: refuse outright
+            raise BadRequest("request JSON is nested too deeply (more than 1024 levels)") from None
+    try:
         return json.loads(raw)
-
-
-_DUMPS = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
+    except RecursionError:
+        raise BadRequest("request JSON is nested too deeply") from None
 
 
 @dataclasses.dataclass(slots=True)
@@ -86,9 +108,15 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
 
 
 def decode_infer(
-    body: bytes | bytearray, header_length: int | None, manifest: Manifest
+    body: bytes | bytearray,
+    header_length: int | None,
+    manifest: Manifest,
+    max_rows: int | None = None,
 ) -> InferRequest:
-    """Parse and validate one infer request against the model's signature (400 on error)."""
+    """Parse and validate one infer request against the model's signature (400 on error).
+
+    ``max_rows``: the most batch rows one request may carry (the server's max batch size);
+    more is refused, as Triton does, rather than run as one oversized forward pass."""
     view = memoryview(body)
     if header_length is None:
         header_length = len(body)
@@ -146,13 +174,20 @@ def decode_infer(
             if count == 0:
                 tensor = torch.empty(shape, dtype=dtype)
             else:
+                # a view of the request body: no copy (the batch's torch.cat is the one copy)
                 tensor = torch.frombuffer(view[offset : offset + size], dtype=dtype).view(shape)
                 if tensor.data_ptr() % tensor.element_size():
                     tensor = tensor.clone()  # kernels may assume aligned elements
+                if datatype == "BOOL" and bool((tensor.view(torch.uint8) > 1).any()):
+                    raise _bad(spec, manifest, f'input "{name}": BOOL bytes must be 0 or 1')
             offset += size
         else:
             tensor = _from_json(
-                raw.get("data"), shape=shape, count=count, dtype=dtype, spec=spec,
+                raw.get("data"),
+                shape=shape,
+                count=count,
+                dtype=dtype,
+                spec=spec,
                 manifest=manifest,
             )
         tensors[index] = tensor
@@ -161,6 +196,11 @@ def decode_infer(
             rows = n
         elif n != rows:
             raise _bad(spec, manifest, f'input "{name}": batch size {n} differs from {rows}')
+        if max_rows is not None and n > max_rows:
+            raise BadRequest(
+                f'input "{name}": {n} rows exceed this server\'s max batch size of {max_rows} '
+                f"(--max-batch-size); split the request"
+            )
     if offset != len(body):
         raise BadRequest(f"{len(body) - offset} bytes of binary data not claimed by any input")
     missing = [spec.name for spec, t in zip(manifest.inputs, tensors, strict=True) if t is None]
@@ -168,22 +208,41 @@ def decode_infer(
         raise BadRequest(f"missing input(s) {', '.join(missing)}; expected {manifest.signature()}")
 
     params = doc.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest("'parameters' must be a JSON object")
     binary_all = _flag(params, "binary_data_output")
-    timeout_s: float | None = None
-    if isinstance(params, dict) and "timeout" in params:
-        timeout = params["timeout"]
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
-            raise BadRequest("parameter 'timeout' must be a non-negative number of microseconds")
-        timeout_s = timeout / 1e6 if timeout > 0 else None
+    timeout_s = _timeout(params["timeout"]) if params and "timeout" in params else None
     outputs = _requested_outputs(doc.get("outputs"), manifest, binary_all)
     req_id = doc.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise BadRequest(f"'id' must be a string (got a JSON {_json_type(req_id)})")
+    if req_id is not None and len(req_id) > MAX_ID_CHARS:
+        raise BadRequest(f"'id' is longer than {MAX_ID_CHARS} characters")
     return InferRequest(
-        id=None if req_id is None else str(req_id),
+        id=req_id,
         inputs=tensors,  # type: ignore[arg-type]  # every slot filled (checked above)
-        rows=rows or 1,
+        rows=1 if rows is None else rows,
         outputs=outputs,
         timeout_s=timeout_s,
     )
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _timeout(timeout: Any) -> float | None:
+    """The protocol's "timeout" parameter (microseconds) in seconds; 0 means none."""
+    if (
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not 0 <= timeout <= MAX_TIMEOUT_US  # also refuses NaN
+    ):
+        raise BadRequest(
+            f"parameter 'timeout' must be a number of microseconds from 0 to {MAX_TIMEOUT_US}"
+        )
+    return timeout / 1e6 if timeout > 0 else None
 
 
 def _from_json(
@@ -195,38 +254,53 @@ def _from_json(
     spec: TensorSpec,
     manifest: Manifest,
 ) -> torch.Tensor:
+    """A JSON "data" list (flat, or nested row-major) as a tensor. The values are checked by
+    type in one C-level pass (set(map(type))) and converted by array.array in C: no
+    per-element Python loop, and no silent bool->float or float->int coercion."""
     name = spec.name
+    datatype = spec.datatype
     if not isinstance(data, list):
         raise _bad(spec, manifest, f'input "{name}": needs "data" (a list) or binary data')
-    if len(data) == count and count:
-        fast = _flat(data, spec.datatype, dtype)
-        if fast is not None:
-            return fast.view(shape)
-    try:
-        # Flat lists are the common case; nested (row-major) lists are accepted too.
-        tensor = torch.tensor(data, dtype=dtype)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise _bad(spec, manifest, f'input "{name}": data is not {spec.datatype}: {exc}') from None
-    if tensor.numel() != count:
+    flat = _flatten(data, spec, manifest)
+    if len(flat) != count:
         raise _bad(
             spec, manifest,
-            f'input "{name}": {tensor.numel()} data elements for shape {list(shape)} '
-            f"needs {count}",
+            f'input "{name}": {len(flat)} data elements for shape {list(shape)} needs {count}',
         )  # fmt: skip
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    allowed = _ALLOWED[datatype]
+    if not set(map(type, flat)) <= allowed:
+        bad = next(v for v in flat if type(v) not in allowed)
+        shown = json.dumps(bad)[:40] if not isinstance(bad, float) else repr(bad)
+        raise _bad(
+            spec, manifest,
+            f'input "{name}": data is not {datatype} (needs {_KIND.get(datatype, "integers")}), '
+            f"got {shown}",
+        )  # fmt: skip
+    code, array_dtype = _ARRAY_CODES[datatype]
+    try:
+        values = array.array(code, flat)
+    except OverflowError:
+        raise _bad(
+            spec, manifest, f'input "{name}": a value is out of range for {datatype}'
+        ) from None
+    tensor = torch.frombuffer(values, dtype=array_dtype)
+    if array_dtype != dtype:
+        tensor = tensor.to(dtype)
     return tensor.view(shape)
 
 
-def _flat(data: list[Any], datatype: str, dtype: torch.dtype) -> torch.Tensor | None:
-    """A flat list of numbers as a tensor, or None to take the general (slower) path."""
-    code, array_dtype = _ARRAY_CODES[datatype]
-    if datatype == "BOOL" and not all(type(v) is bool for v in data):
-        return None
-    try:
-        values = array.array(code, data)
-    except (TypeError, OverflowError):  # nested lists, floats for ints, strings: general path
-        return None
-    tensor = torch.frombuffer(values, dtype=array_dtype)
-    return tensor if array_dtype == dtype else tensor.to(dtype)
+def _flatten(data: list[Any], spec: TensorSpec, manifest: Manifest) -> list[Any]:
+    """Nested row-major lists flattened one level at a time (C-level chain), refusing ragged
+    rows; orjson bounds the depth at 1024."""
+    while data and type(data[0]) is list:
+        if set(map(type, data)) != {list}:
+            raise _bad(spec, manifest, f'input "{spec.name}": "data" mixes lists and values')
+        if len(set(map(len, data))) != 1:
+            raise _bad(spec, manifest, f'input "{spec.name}": "data" has rows of unequal length')
+        data = list(itertools.chain.from_iterable(data))
+    return data
 
 
 def _requested_outputs(raw: Any, manifest: Manifest, binary_all: bool) -> list[tuple[int, bool]]:
@@ -236,11 +310,16 @@ def _requested_outputs(raw: Any, manifest: Manifest, binary_all: bool) -> list[t
         raise BadRequest("'outputs' must be a list")
     index = {spec.name: i for i, spec in enumerate(manifest.outputs)}
     chosen: list[tuple[int, bool]] = []
+    seen: set[str] = set()
     for item in raw:
         name = item.get("name") if isinstance(item, dict) else None
-        if name not in index:
+        if not isinstance(name, str) or name not in index:
             names = ", ".join(s.signature() for s in manifest.outputs)
-            raise BadRequest(f'unknown output "{name}"; the model outputs {names}')
+            shown = name if isinstance(name, str) else json.dumps(name)
+            raise BadRequest(f'unknown output "{shown[:200]}"; the model outputs {names}')
+        if name in seen:  # each copy would be encoded again: an answer-size amplifier
+            raise BadRequest(f'output "{name}" is requested more than once')
+        seen.add(name)
         params = item.get("parameters")
         binary = binary_all
         if isinstance(params, dict) and "binary_data" in params:
@@ -261,16 +340,24 @@ def encode_response(
     req: InferRequest,
     outputs: list[torch.Tensor],
     manifest: Manifest,
+    *,
+    max_bytes: int | None = None,
 ) -> tuple[bytes, int | None]:
-    """Body and, when any output is binary, the JSON header length."""
+    """Body and, when any output is binary, the JSON header length. JSON data is a numpy view
+    of the tensor serialized by orjson (non-finite values become null); an answer larger than
+    ``max_bytes`` is refused with 413 before it is built where its size is known up front."""
     encoded: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    floor = 0  # bytes the answer takes at the least: exact for binary, 2 per JSON element
     for index, binary in req.outputs:
         spec = manifest.outputs[index]
         tensor = outputs[index]
         want = TORCH_DTYPES[spec.datatype]
         if tensor.dtype != want:
             tensor = tensor.to(want)
+        floor += tensor.numel() * (ITEM_SIZE[spec.datatype] if binary else 2)
+        if max_bytes is not None and floor > max_bytes:
+            raise _too_big(f"at least {floor}", max_bytes)
         item: dict[str, Any] = {
             "name": spec.name,
             "datatype": spec.datatype,
@@ -281,40 +368,72 @@ def encode_response(
             item["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            item["data"] = tensor.reshape(-1).tolist()
+            item["data"] = _numpy_flat(tensor)
         encoded.append(item)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if req.id is not None:
         doc["id"] = req.id
     doc["outputs"] = encoded
-    header = _DUMPS(doc).encode()
+    header = orjson.dumps(doc, option=_NUMPY)
+    size = len(header) + sum(map(len, blobs))
+    if max_bytes is not None and size > max_bytes:
+        raise _too_big(str(size), max_bytes)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
 
 
+def _numpy_flat(tensor: torch.Tensor) -> np.ndarray[Any, Any]:
+    """A flat C-contiguous numpy view orjson can write (bfloat16 has no numpy type)."""
+    flat = tensor.detach().reshape(-1)
+    if flat.dtype == torch.bfloat16:
+        flat = flat.to(torch.float32)
+    return flat.contiguous().numpy()
+
+
+def _too_big(size: str, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"answer of {size} bytes exceeds the {limit}-byte limit (--max-body-bytes); "
+        f"ask for fewer rows or outputs, or for binary outputs"
+    )
+
+
 def decompress(body: bytearray, encoding: str, limit: int) -> bytearray:
     """Undo ``Content-Encoding`` gzip / deflate (tritonclient's request compression), refusing
-    anything that inflates past ``limit`` bytes."""
+    anything that inflates past ``limit`` bytes. Every member of a multi-member gzip body is
+    inflated (RFC 1952); bytes after a deflate stream are refused."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
+    gzip = "gzip" in encoding
     # deflate means a zlib stream (RFC 9110), though some clients send raw deflate
-    for wbits in ((16 + zlib.MAX_WBITS,) if "gzip" in encoding else (zlib.MAX_WBITS, -15)):
-        inflater = zlib.decompressobj(wbits)
+    for wbits in (16 + zlib.MAX_WBITS,) if gzip else (zlib.MAX_WBITS, -15):
         try:
-            out = inflater.decompress(body, limit + 1)
+            return _inflate(body, wbits, limit, multi=gzip, encoding=encoding)
         except zlib.error:
             continue
-        if len(out) > limit:
-            raise PayloadTooLarge(f"decompressed request body exceeds {limit} bytes")
-        if not inflater.eof:
-            raise BadRequest(f"truncated {encoding} request body")
-        return bytearray(out)
     raise BadRequest(f"request body is not valid {encoding} data")
 
 
+def _inflate(data: bytes | bytearray, wbits: int, limit: int, *, multi: bool,
+             encoding: str) -> bytearray:  # fmt: skip
+    out = bytearray()
+    rest: bytes | bytearray = data
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        out += inflater.decompress(rest, limit + 1 - len(out))
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed request body exceeds {limit} bytes")
+        if not inflater.eof:
+            raise BadRequest(f"truncated {encoding} request body")
+        rest = inflater.unused_data
+        if not rest:
+            return out
+        if not multi:
+            raise BadRequest(f"{len(rest)} bytes after the end of the {encoding} stream")
+
+
 def dumps(doc: Any) -> bytes:
-    return _DUMPS(doc).encode()
+    return orjson.dumps(doc)

@@ -49,7 +49,7 @@ def test_bad_manifests(raw: object, needle: str) -> None:
 
 def test_decode_mixed_json_and_binary() -> None:
     header = json.dumps({
-        "id": 5,
+        "id": "5",
         "inputs": [
             {"name": "ids", "datatype": "INT64", "shape": [2, 3],
              "parameters": {"binary_data_size": 48}},
