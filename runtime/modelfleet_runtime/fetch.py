@@ -19,10 +19,9 @@ import os
 import shutil
 import tarfile
 import tempfile
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import yaml
@@ -53,6 +52,120 @@ def _is_tarball(name: str, path: Path) -> bool:
     return magic == b"\x1f\x8b" and tarfile.is_tarfile(path)
 
 
+# http(s): retried on connection errors, timeouts and 429/5xx (honouring Retry-After), and the
+# whole GET again when the body breaks off midway (urllib3 retries only up to the headers).
+HTTP_ATTEMPTS = 4
+HTTP_BACKOFF_S = 0.5
+_HTTP_RETRY_STATUS = (429, 500, 502, 503, 504)
+
+
+def _http_download(uri: str, target: Path) -> str:
+    import urllib3  # noqa: PLC0415 (only init containers fetching over http pay the import)
+
+    retries = urllib3.Retry(
+        total=HTTP_ATTEMPTS - 1, backoff_factor=HTTP_BACKOFF_S,
+        status_forcelist=_HTTP_RETRY_STATUS, allowed_methods=["GET"],
+        respect_retry_after_header=True, raise_on_status=False,
+    )  # fmt: skip
+    pool = urllib3.PoolManager(retries=retries, timeout=urllib3.Timeout(connect=15, read=60))
+    headers = {"User-Agent": "modelfleet-runtime"}
+    last = ""
+    for attempt in range(HTTP_ATTEMPTS):
+        if attempt:
+            time.sleep(HTTP_BACKOFF_S * 2**attempt)
+        try:
+            resp = pool.request("GET", uri, headers=headers, preload_content=False)
+        except urllib3.exceptions.MaxRetryError as exc:
+            raise FetchError(f"GET {uri}: {exc.reason} (after {HTTP_ATTEMPTS} attempts)") from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise FetchError(f"GET {uri}: {exc}") from None
+        try:
+            if resp.status != 200:
+                raise FetchError(f"GET {uri}: HTTP {resp.status} {resp.reason}")
+            with target.open("wb") as fout:
+                return _copy_stream(resp, fout)  # type: ignore[arg-type]
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            last = f"{type(exc).__name__}: {exc}"  # the body broke off: GET it again
+        finally:
+            resp.release_conn()
+    raise FetchError(f"GET {uri}: the download broke off {HTTP_ATTEMPTS} times (last: {last})")
+
+
+_S3_ERRORS = {
+    "404": "no such object",
+    "NoSuchKey": "no such object",
+    "NoSuchBucket": "no such bucket",
+    "403": "access denied",
+    "AccessDenied": "access denied",
+}
+
+
+S3_URI_PARAMS = ("endpoint_override", "scheme", "region")
+
+
+def s3_location(uri: str) -> tuple[str, str, str | None, str | None]:
+    """(bucket, key, endpoint URL or None, region or None) of an s3:// URI.
+
+    The optional query parameters follow Apache Arrow's S3 URIs, for S3-compatible stores:
+    ``s3://bucket/key?endpoint_override=minio.ns.svc:9000&scheme=http&region=eu-west-1``.
+    """
+    parsed = urllib.parse.urlparse(uri)
+    bucket, key = parsed.netloc, urllib.parse.unquote(parsed.path.lstrip("/"))
+    if not bucket or not key or key.endswith("/"):
+        raise FetchError(f"{uri!r}: an s3:// URI is s3://<bucket>/<key of a file or .tar.gz>")
+    try:
+        query = urllib.parse.parse_qs(parsed.query, strict_parsing=bool(parsed.query))
+    except ValueError:
+        raise FetchError(f"{uri!r}: malformed query string {parsed.query!r}") from None
+    unknown = sorted(set(query) - set(S3_URI_PARAMS))
+    if unknown:
+        raise FetchError(f"{uri!r}: unknown s3:// URI parameter {', '.join(unknown)} (known: "
+                         f"{', '.join(S3_URI_PARAMS)})")  # fmt: skip
+    scheme = query.get("scheme", ["https"])[-1]
+    if scheme not in ("http", "https"):
+        raise FetchError(f"{uri!r}: scheme must be http or https (got {scheme!r})")
+    endpoint = query.get("endpoint_override", [None])[-1]
+    if endpoint is not None and "://" not in endpoint:
+        endpoint = f"{scheme}://{endpoint}"
+    return bucket, key, endpoint, query.get("region", [None])[-1]
+
+
+def _s3_download(uri: str, target: Path) -> str:
+    """s3://BUCKET/KEY with boto3's standard configuration: credentials from the environment,
+    web identity (IRSA), pod identity, instance profile or profiles; AWS_ENDPOINT_URL(_S3) or
+    the URI's endpoint_override for S3-compatible stores; anonymous (public objects) when no
+    credentials are found."""
+    bucket, key, endpoint, region = s3_location(uri)
+    import boto3  # noqa: PLC0415 (only s3:// fetches pay the import)
+    import botocore.exceptions  # noqa: PLC0415
+    from boto3.s3.transfer import TransferConfig  # noqa: PLC0415
+    from botocore import UNSIGNED  # noqa: PLC0415
+    from botocore.config import Config  # noqa: PLC0415
+
+    session = boto3.session.Session()
+    config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=15,
+                    read_timeout=60)  # fmt: skip
+    anonymous = session.get_credentials() is None
+    if anonymous:
+        config = config.merge(Config(signature_version=UNSIGNED))
+    try:
+        client = session.client("s3", config=config, endpoint_url=endpoint, region_name=region)
+        # Ranged parallel GETs for big weights; s3transfer retries a body that breaks off.
+        client.download_file(
+            bucket, key, str(target), Config=TransferConfig(num_download_attempts=5)
+        )
+    except botocore.exceptions.ClientError as exc:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "?"))
+        why = _S3_ERRORS.get(code, str(err.get("Message") or code))
+        if why == "access denied" and anonymous:
+            why += " (no AWS credentials found; anonymous access was tried)"
+        raise FetchError(f"s3 GET {uri}: {why} (HTTP {code})") from None
+    except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        raise FetchError(f"s3 GET {uri}: {exc}") from None
+    return sha256_file(target)
+
+
 def _download(uri: str, staging: Path) -> tuple[Path, str, str]:
     """Copy the source into staging; returns (file, sha256 hex, basename)."""
     parsed = urllib.parse.urlparse(uri)
@@ -65,22 +178,63 @@ def _download(uri: str, staging: Path) -> tuple[Path, str, str]:
         with src.open("rb") as fin, target.open("wb") as fout:
             sha = _copy_stream(fin, fout)
     elif parsed.scheme in ("http", "https"):
-        request = urllib.request.Request(uri, headers={"User-Agent": "modelfleet-runtime"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as resp, target.open("wb") as fout:
-                sha = _copy_stream(resp, fout)
-        except urllib.error.HTTPError as exc:
-            raise FetchError(f"GET {uri}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise FetchError(f"GET {uri}: {getattr(exc, 'reason', exc)}") from None
-    elif parsed.scheme in ("s3", "gs", "pvc"):
+        sha = _http_download(uri, target)
+    elif parsed.scheme == "s3":
+        sha = _s3_download(uri, target)
+    elif parsed.scheme == "pvc":
         raise FetchError(
-            f"{parsed.scheme}:// is not supported by fetch yet (pvc:// is mounted by the "
-            "operator; use http(s):// or file:// for now)"
+            "pvc:// is not fetched: the operator mounts the claim as the model directory "
+            "(read-only) and serve --digest checks the pin there"
         )
     else:
-        raise FetchError(f"unsupported URI scheme in {uri!r}")
+        raise FetchError(f"unsupported URI scheme in {uri!r} (file://, http://, https:// or s3://)")
     return target, sha, name
+
+
+# tarfile's extraction filters (filter="data") exist from 3.11.4 on; 3.11.0-3.11.3 (e.g. Debian
+# 12's python3) have none, so every member is checked here, filter or not.
+HAS_TAR_FILTER = hasattr(tarfile, "data_filter")
+
+
+def _checked_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Regular files and directories that stay inside the destination; anything else refuses
+    the whole archive, naming the member. Modes lose setuid/setgid/sticky and group/other
+    write bits, as the "data" filter does."""
+    members = []
+    for member in tar.getmembers():
+        path = PurePosixPath(member.name)
+        if path.is_absolute() or ".." in path.parts or "\\" in member.name:
+            raise FetchError(f"refusing archive member {member.name!r}: path leaves the model "
+                             "directory")  # fmt: skip
+        if member.issym() or member.islnk():
+            raise FetchError(f"refusing archive member {member.name!r}: links are not allowed "
+                             f"in a model archive (-> {member.linkname!r})")  # fmt: skip
+        if not (member.isfile() or member.isdir()):
+            raise FetchError(f"refusing archive member {member.name!r}: only regular files and "
+                             "directories are allowed in a model archive")  # fmt: skip
+        member.mode = (member.mode & 0o755) | (0o700 if member.isdir() else 0o600)
+        member.uid, member.gid = os.getuid(), os.getgid()
+        member.uname = member.gname = ""
+        members.append(member)
+    return members
+
+
+def unpack(
+    archive: Path, dest: Path, *, use_filter: bool = HAS_TAR_FILTER, name: str | None = None
+) -> None:
+    """Extract a (compressed) tarball into dest, refusing unsafe members on any Python 3.11."""
+    label = name or archive.name
+    try:
+        with tarfile.open(archive) as tar:
+            members = _checked_members(tar)
+            if use_filter:
+                tar.extractall(dest, members=members, filter="data")
+            else:
+                tar.extractall(dest, members=members)  # members checked above
+    except FetchError as exc:
+        raise FetchError(f"cannot unpack {label}: {exc}") from None
+    except (tarfile.TarError, OSError) as exc:
+        raise FetchError(f"cannot unpack {label}: {exc}") from None
 
 
 def sha256_file(path: Path) -> str:
@@ -140,11 +294,7 @@ def fetch(uri: str, dest: Path, digest: str | None = None) -> Path:
             return final
         unpacked = staging / "unpacked"
         unpacked.mkdir()
-        try:
-            with tarfile.open(downloaded) as tar:
-                tar.extractall(unpacked, filter="data")  # refuses links/paths outside
-        except (tarfile.TarError, OSError) as exc:
-            raise FetchError(f"cannot unpack {name}: {exc}") from None
+        unpack(downloaded, unpacked, name=name)
         root = unpacked
         entries = list(root.iterdir())
         if len(entries) == 1 and entries[0].is_dir():
