@@ -16,7 +16,6 @@ import kopf
 from . import handlers
 from .kube import Kube, make_api_client
 from .metrics import OperatorMetrics
-from .reconcile import Reconciler
 from .render.common import DEFAULT_RUNTIME_IMAGE, RenderConfig
 
 
@@ -42,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kopf's liveness endpoint ('' disables) (default: %(default)s)")
     p.add_argument("--metrics-port", type=int, default=9090,
                    help="port of the operator's Prometheus /metrics (0 disables)")
-    p.add_argument("--resync-seconds", type=float, default=120.0,
-                   help="re-reconcile every ModelDeployment this often (drift backstop)")
+    p.add_argument("--resync-seconds", type=float, default=300.0,
+                   help="re-plan every ModelDeployment this often from the watches' view "
+                        "(no API request when converged; drift itself is seen at once)")
     p.add_argument("--workers", type=int, default=16,
-                   help="threads running reconciles (the API client is blocking)")
+                   help="ModelDeployments reconciled concurrently (asyncio tasks)")
     p.add_argument("--kubeconfig", default=None,
                    help="kubeconfig path (default: in-cluster, else $KUBECONFIG)")
     p.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
@@ -56,16 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings(workers: int) -> kopf.OperatorSettings:
+def settings() -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
-    # Our own keys, not kopf.zalando.org/*; status is ours alone (kopf keeps its
-    # bookkeeping in annotations).
+    # Only index and event handlers: kopf keeps no progress, so it writes nothing to the
+    # objects; were that to change, its keys would be ours, not kopf.zalando.org/*.
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelfleet.io")
     s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="modelfleet.io", key="last-handled-configuration")
     # The reconciler posts one Event per condition transition; kopf adds only failures.
     s.posting.level = logging.WARNING
-    s.execution.max_workers = workers
     # Server-side watch timeouts keep watches fresh through apiserver restarts.
     s.watching.server_timeout = 300
     s.watching.client_timeout = 330
@@ -85,24 +84,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = OperatorMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
-    reconciler = Reconciler(
-        Kube(make_api_client(args.kubeconfig)),
-        RenderConfig(runtime_image=args.runtime_image,
-                     image_pull_policy=args.runtime_image_pull_policy),
-        metrics)
+
+    async def kube() -> Kube:  # made on kopf's event loop, which owns its connections
+        return Kube(await make_api_client(args.kubeconfig, pool=args.workers * 2), metrics)
+
+    runtime = handlers.Runtime(
+        kube_factory=kube,
+        config=RenderConfig(runtime_image=args.runtime_image,
+                            image_pull_policy=args.runtime_image_pull_policy),
+        metrics=metrics, workers=args.workers, resync_seconds=args.resync_seconds)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, resync_seconds=args.resync_seconds,
-                      namespaces=None if args.all_namespaces else args.namespace)
+    handlers.register(registry)
     # One replica: kopf's peering pauses equal-priority peers instead of electing a
     # leader, so standalone is the honest mode (see docs/operator.md on HA).
     kopf.run(
         registry=registry,
-        settings=settings(args.workers),
+        settings=settings(),
         standalone=True,
         clusterwide=bool(args.all_namespaces),
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness or None,
-        memo=kopf.Memo(reconciler=reconciler),
+        memo=kopf.Memo(runtime=runtime),
     )
     return 0
 

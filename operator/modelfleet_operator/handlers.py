@@ -1,72 +1,91 @@
-"""kopf wiring only: which events call the reconciler, and how failures map to kopf's
-permanent (do not retry) and temporary (retry with backoff) errors."""
+"""kopf wiring only: what is watched, what each watch keeps (indexes), and which keys an
+event queues for a reconcile.
+
+Only ``@kopf.index`` and ``@kopf.on.event`` handlers: kopf writes nothing to the objects for
+those (no progress annotations, no finalizers), so `kubectl delete` never waits for the
+operator, and kopf starts the event handlers only once every index has its initial list, so
+the first reconcile already sees every child that exists (a stranger's included).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
-from .kube import KubeError
-from .reconcile import Outcome, Reconciler, Resyncer
-from .render.common import MANAGED_BY_LABEL, MANAGER
-from .spec import GROUP, KIND, PLURAL, VERSION
+from .kube import Kube
+from .metrics import OperatorMetrics
+from .observe import (
+    md_key,
+    owner_of_child,
+    pod_owner,
+    trim_child,
+    trim_gpu_pod,
+    trim_md,
+    trim_node,
+    trim_pod,
+    trim_pvc,
+)
+from .reconcile import Key, Reconciler, View, WorkQueue, resync
+from .render.common import MANAGED_BY_LABEL, MANAGER, RenderConfig
+from .spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("modelfleet.operator")
 MD = (GROUP, VERSION, PLURAL)
-OWNED = {MANAGED_BY_LABEL: MANAGER}
-# (group, version, plural, full reconcile?) of children whose changes the operator hears:
-# a hand-edited or deleted child is put back at once, not at the next resync; pods only
-# refresh status.
-CHILD_WATCHES = (
-    ("apps", "v1", "deployments", "Deployment"),
-    ("", "v1", "services", "Service"),
-    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
-    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
-    ("", "v1", "pods", "Pod"),
-)
-RETRY_DELAY_S = 15.0
+# (group, version, plural) of each child kind, and the index that keeps them.
+CHILDREN = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("", "v1", "services"),
+    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+}
+INDEX = {
+    "ModelDeployment": "mf_mds",
+    "Deployment": "mf_deployments",
+    "Service": "mf_services",
+    "PodDisruptionBudget": "mf_pdbs",
+    "HorizontalPodAutoscaler": "mf_hpas",
+}
 
 
-def _reconciler(memo: Any) -> Reconciler:
-    rec: Reconciler = memo.reconciler
-    return rec
+@dataclass
+class Runtime:
+    """What the handlers share, kept in kopf's memo."""
+
+    kube_factory: Callable[[], Awaitable[Kube]]
+    config: RenderConfig
+    metrics: OperatorMetrics
+    workers: int
+    resync_seconds: float
+    queue: WorkQueue | None = None
+    reconciler: Reconciler | None = None
+    ready: asyncio.Event | None = None
+    node_facts: dict[str, str] | None = None
+    tasks: tuple[asyncio.Task[None], ...] = ()
 
 
-def _run(memo: Any, namespace: str, name: str, trigger: str) -> Outcome | None:
-    try:
-        outcome = _reconciler(memo).request(namespace, name, trigger=trigger)
-    except KubeError as exc:
-        if exc.retryable:
-            raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from exc
-        # e.g. 403 or 422: the status already says so; retrying cannot help until
-        # something changes, and a change (or the resync) brings us back.
-        raise kopf.PermanentError(str(exc)) from exc
-    if outcome is not None and outcome.invalid is not None:
-        # Status says InvalidSpec; do not retry until the spec changes.
-        raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
-    return outcome
+def _rt(memo: Any) -> Runtime:
+    rt: Runtime = memo.runtime
+    return rt
 
 
-def _owner_name(body: Mapping[str, Any]) -> str | None:
-    meta = body.get("metadata") or {}
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(GROUP + "/"):
-            return str(ref.get("name"))
-    # Pods are owned by a ReplicaSet; the instance label names the ModelDeployment.
-    return (meta.get("labels") or {}).get("app.kubernetes.io/instance")
+def _queue(memo: Any) -> WorkQueue | None:
+    rt = _rt(memo)
+    if rt.ready is not None and not rt.ready.is_set():
+        rt.ready.set()  # kopf runs event handlers only after every index is listed
+    return rt.queue
 
 
-def register(registry: kopf.OperatorRegistry, *, resync_seconds: float,
-             namespaces: Sequence[str] | None = None) -> None:
-    """Attach the handlers to ``registry`` (explicit, so tests can build their own).
+def _key_of(namespace: str | None, name: str | None) -> Key | None:
+    return (namespace, name) if namespace and name else None
 
-    No timers, daemons or deletion handlers: any of them makes kopf add a finalizer, and a
-    finalizer would block `kubectl delete` whenever the operator is down. Deletion is
-    garbage collection's job (owner references); periodic resync is a Resyncer thread.
-    """
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Attach the handlers to ``registry`` (explicit, so tests can build their own)."""
 
     # A custom registry has none of kopf's default login handlers: in a pod, the service
     # account; elsewhere, the kubeconfig ($KUBECONFIG or ~/.kube/config).
@@ -76,41 +95,131 @@ def register(registry: kopf.OperatorRegistry, *, resync_seconds: float,
 
     kopf.on.login(registry=registry)(login)
 
-    def on_change(*, memo: Any, namespace: str | None, name: str, reason: str,
-                  **_: Any) -> None:
-        _run(memo, namespace or "", name, str(reason))
+    # --- indexes: the cluster as the watches last saw it -------------------------------------
 
-    for decorator in (kopf.on.resume, kopf.on.create, kopf.on.update):
-        decorator(*MD, registry=registry, id="reconcile", backoff=RETRY_DELAY_S)(on_change)
+    def index_md(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {md_key(body): trim_md(body)}
 
-    def start_resync(*, memo: Any, **_: Any) -> None:
-        # Drift backstop and slow re-check of cluster facts (GPU product, PVC).
-        memo.resyncer = Resyncer(_reconciler(memo), resync_seconds, namespaces)
-        memo.resyncer.start()
+    kopf.index(*MD, registry=registry, id=INDEX["ModelDeployment"])(index_md)
 
-    def stop_resync(*, memo: Any, **_: Any) -> None:
-        resyncer = getattr(memo, "resyncer", None)
-        if resyncer is not None:
-            resyncer.stop()
+    def index_child(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {md_key(body): trim_child(body)}
 
-    kopf.on.startup(registry=registry)(start_resync)
-    kopf.on.cleanup(registry=registry)(stop_resync)
+    for kind, resource in CHILDREN.items():
+        kopf.index(*resource, registry=registry, id=INDEX[kind])(index_child)
 
-    for group, version, plural, kind in CHILD_WATCHES:
-        def on_child(*, memo: Any, body: Mapping[str, Any], namespace: str | None,
-                     event: Mapping[str, Any], kind: str = kind, **_: Any) -> None:
-            owner = _owner_name(body)
-            if not owner or not namespace:
-                return
-            rec = _reconciler(memo)
-            try:
-                if kind == "Pod":  # pods only change what status says
-                    rec.request(namespace, owner, full=False, trigger="child-Pod")
-                else:
-                    rec.child_event(kind, str(event.get("type") or ""), body, owner)
-            except KubeError as exc:  # the resync or the next event retries
-                log.warning("reconcile of %s/%s after a %s event failed: %s", namespace,
-                            owner, kind, exc)
+    def index_pod(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, Any]:
+        owner = pod_owner(body)
+        return {(namespace, owner): trim_pod(body)} if owner and namespace else {}
 
-        kopf.on.event(group, version, plural, registry=registry, labels=OWNED,
-                      id=f"child-{plural}")(on_child)
+    def index_gpu_pod(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        trimmed = trim_gpu_pod(body)
+        return {None: trimmed} if trimmed else {}
+
+    kopf.index("", "v1", "pods", registry=registry, id="mf_pods")(index_pod)
+    kopf.index("", "v1", "pods", registry=registry, id="mf_gpu_pods")(index_gpu_pod)
+
+    def index_node(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {None: trim_node(body)}
+
+    kopf.index("", "v1", "nodes", registry=registry, id="mf_nodes")(index_node)
+
+    def index_pvc(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {md_key(body): trim_pvc(body)}
+
+    kopf.index("", "v1", "persistentvolumeclaims", registry=registry, id="mf_pvcs")(index_pvc)
+
+    # --- events: which ModelDeployment to reconcile ------------------------------------------
+
+    def on_md(*, memo: Any, namespace: str | None, name: str | None, **_: Any) -> None:
+        queue, key = _queue(memo), _key_of(namespace, name)
+        if queue is not None and key is not None:
+            queue.add(key, "md")
+
+    kopf.on.event(*MD, registry=registry, id="md")(on_md)
+
+    def on_child(*, memo: Any, body: kopf.Body, namespace: str | None, **kw: Any) -> None:
+        queue, key = _queue(memo), _key_of(namespace, owner_of_child(body))
+        if queue is not None and key is not None and key in kw[INDEX["ModelDeployment"]]:
+            queue.add(key, f"child-{body.get('kind')}")
+
+    for kind, resource in CHILDREN.items():
+        kopf.on.event(*resource, registry=registry, id=f"child-{kind}")(on_child)
+
+    def on_pod(*, memo: Any, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        queue, key = _queue(memo), _key_of(namespace, pod_owner(body))
+        if queue is not None and key is not None:
+            queue.add(key, "pod")
+
+    kopf.on.event(
+        "", "v1", "pods", registry=registry, id="pod", labels={MANAGED_BY_LABEL: MANAGER}
+    )(on_pod)
+
+    def on_node(
+        *, memo: Any, body: kopf.Body, name: str | None, event: Mapping[str, Any], **kw: Any
+    ) -> None:
+        # Heartbeats change nodes all the time; only what a plan reads matters.
+        rt = _rt(memo)
+        queue = _queue(memo)
+        facts = rt.node_facts if rt.node_facts is not None else {}
+        rt.node_facts = facts
+        seen = "" if event.get("type") == "DELETED" else repr(trim_node(body))
+        if queue is None or not name or facts.get(name) == seen:
+            return
+        first = name not in facts
+        facts[name] = seen
+        if not first:
+            for key in kw[INDEX["ModelDeployment"]]:
+                queue.add(key, "node")
+
+    kopf.on.event("", "v1", "nodes", registry=registry, id="node")(on_node)
+
+    def on_pvc(*, memo: Any, name: str | None, namespace: str | None, **kw: Any) -> None:
+        mds = kw[INDEX["ModelDeployment"]]
+        queue = _queue(memo)
+        if queue is None or not namespace:
+            return
+        prefix = f"pvc://{name}/"
+        for key in mds:
+            if key[0] == namespace and any(
+                str(((m.get("spec") or {}).get("model") or {}).get("uri", "")).startswith(prefix)
+                for m in mds[key]
+            ):
+                queue.add(key, "pvc")
+
+    kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry, id="pvc")(on_pvc)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def startup(memo: Any, **kwargs: Any) -> None:
+        rt = _rt(memo)
+        view = View(
+            mds=kwargs[INDEX["ModelDeployment"]],
+            children={kind: kwargs[INDEX[kind]] for kind in CHILDREN},
+            pods=kwargs["mf_pods"],
+            gpu_pods=kwargs["mf_gpu_pods"],
+            nodes=kwargs["mf_nodes"],
+            pvcs=kwargs["mf_pvcs"],
+        )
+        kube: Kube = await rt.kube_factory()
+        rt.reconciler = Reconciler(kube, view, rt.config, rt.metrics)
+        rt.queue = WorkQueue(rt.reconciler.reconcile, workers=rt.workers, metrics=rt.metrics)
+        rt.queue.start()
+        rt.ready = asyncio.Event()
+        rt.tasks = (
+            asyncio.create_task(
+                resync(view, rt.queue, rt.resync_seconds, rt.ready), name="modelfleet-resync"
+            ),
+        )
+
+    async def cleanup(memo: Any, **_: Any) -> None:
+        rt = _rt(memo)
+        for task in rt.tasks:
+            task.cancel()
+        if rt.queue is not None:
+            await rt.queue.stop()
+        if rt.reconciler is not None:
+            await rt.reconciler.kube.close()
+
+    kopf.on.startup(registry=registry)(startup)
+    kopf.on.cleanup(registry=registry)(cleanup)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 class OperatorMetrics:
@@ -32,6 +32,19 @@ class OperatorMetrics:
         self.prunes = Counter(
             "modelfleet_operator_prunes_total", "Children deleted because no longer wanted.",
             ["kind"], registry=self.registry)
+
+        self.api_requests = Counter(
+            "modelfleet_operator_api_requests_total",
+            "Requests the operator made to the API server (writes; reads come from watches), "
+            "by verb, kind and HTTP status (0: no response).", ["verb", "kind", "code"],
+            registry=self.registry)
+        self.queue_depth = Gauge(
+            "modelfleet_operator_queue_depth",
+            "ModelDeployments waiting for a reconcile.", registry=self.registry)
+        self.retries = Counter(
+            "modelfleet_operator_retries_total",
+            "Reconciles scheduled again after a failure (exponential backoff).",
+            registry=self.registry)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

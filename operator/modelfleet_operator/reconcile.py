@@ -1,444 +1,415 @@
-"""parse -> render -> apply/prune -> observe -> status, for one ModelDeployment.
+"""observe -> plan -> apply what differs -> status, for one ModelDeployment, on kopf's loop.
 
-Level-based: reconcile() reads everything it needs and never depends on which event fired,
-so create, update, resume, the resync timer and child events all call the same thing, and an
-operator restart at any moment converges.
+Level-based: ``reconcile(key)`` reads the cluster as the watches last saw it (``View``) and
+never depends on which event fired, so create, update, restart, a child's drift and the resync
+all call the same thing. Everything that decides status comes from the cluster; the only
+process memory is which writes are already on their way (so one is not sent twice while its
+watch event is in flight) and the retry backoff, both of which a restart may lose harmlessly.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import asyncio
+import json
 import logging
-import threading
+import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from .capacity import gpu_capacity
-from .kube import CHILD_KINDS, Kube, KubeError
+from .diff import value_at
+from .kube import Kube, KubeError
 from .metrics import OperatorMetrics
-from .render import Owner, RenderConfig, Strategy, render_all
-from .render.common import MANAGED_BY_LABEL, MANAGER, selector_string
-from .render.deployment import (
-    choose_strategy,
-    existing_strategy,
-    render_pod_template,
-    template_hash,
-)
-from .render.service import service_url
-from .spec import InvalidSpec, ModelDeploymentSpec, parse_spec
-from .status import (
-    Observed,
-    Problem,
-    Reason,
-    compute_status,
-    diagnose_pods,
-    status_changed,
-)
+from .observe import CHILD_KINDS, Facts, is_ours, trim_child
+from .plan import APPLY, DELETE, REPLACE, Action, Plan, plan
+from .render import Owner, RenderConfig, Strategy
+from .render.common import STRATEGY_ANNOTATION, selector_string
+from .status import Observed, Problem, Reason, compute_status, status_changed
 
 log = logging.getLogger("modelfleet.operator")
-T = TypeVar("T")
+Key = tuple[str, str]
+_PVC_RE = re.compile(r"^pvc://([^/]+)/")
 
 
-class ChildConflict(Exception):
-    """A same-named object the operator does not manage is in the way."""
+class Lookup(Protocol):
+    """What kopf's indexes offer (kopf.Index): key -> the values stored under it."""
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def __iter__(self) -> Any: ...
 
 
-@dataclass(frozen=True)
-class Outcome:
-    found: bool = True
-    invalid: InvalidSpec | None = None
-    error: KubeError | None = None
-    status_written: bool = False
-    ready: bool = False
-
-
-class ClusterView:
-    """Nodes and GPU-holding pods, cached briefly: every GPU reconcile needs them, and
-    listing all pods for each of 1000 ModelDeployments would swamp the apiserver."""
-
-    def __init__(self, kube: Kube, ttl: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.kube = kube
-        self.ttl = ttl
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, list[dict[str, Any]] | None]] = {}
-
-    def _get(self, key: str, load: Callable[[], list[dict[str, Any]]]
-             ) -> list[dict[str, Any]] | None:
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit and self.clock() - hit[0] < self.ttl:
-                return hit[1]
-        try:
-            value: list[dict[str, Any]] | None = load()
-        except KubeError as exc:
-            if not exc.forbidden:
-                raise
-            # Without cluster-wide read access the operator stays conservative (no surge)
-            # instead of failing every reconcile.
-            log.warning("cannot list %s (%s): treating GPU capacity as unknown", key, exc)
-            value = None
-        with self._lock:
-            self._cache[key] = (self.clock(), value)
+def _one(store: Iterable[Mapping[str, Any]] | None) -> Mapping[str, Any] | None:
+    for value in store or ():
         return value
-
-    def nodes(self) -> list[dict[str, Any]] | None:
-        return self._get("nodes", lambda: self.kube.list("Node"))
-
-    def active_pods(self) -> list[dict[str, Any]] | None:
-        return self._get("pods", lambda: self.kube.list(
-            "Pod", fields="status.phase!=Succeeded,status.phase!=Failed"))
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._cache.clear()
+    return None
 
 
-class KeyedRunner:
-    """At most one reconcile per object at a time; requests arriving meanwhile collapse
-    into one re-run (a burst of pod events costs two reconciles, not fifty)."""
+@dataclass
+class View:
+    """The watched cluster, read through kopf's indexes (handlers.py keeps them)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: set[tuple[str, str]] = set()
-        self._pending: dict[tuple[str, str], bool] = {}
+    mds: Lookup
+    children: Mapping[str, Lookup]  # kind -> index by (namespace, name)
+    pods: Lookup  # (namespace, ModelDeployment) -> its pods
+    gpu_pods: Lookup  # None -> every pod holding GPUs on a node
+    nodes: Lookup  # None -> every node
+    pvcs: Lookup  # (namespace, name) -> the claim
 
-    def run(self, key: tuple[str, str], full: bool, fn: Callable[[bool], T]) -> T | None:
-        with self._lock:
-            if key in self._running:
-                self._pending[key] = self._pending.get(key, False) or full
-                return None
-            self._running.add(key)
-        try:
-            result = fn(full)
-            while True:
-                with self._lock:
-                    if key not in self._pending:
-                        self._running.discard(key)
-                        return result
-                    full = self._pending.pop(key)
-                result = fn(full)
-        except BaseException:
-            with self._lock:
-                self._running.discard(key)
-                self._pending.pop(key, None)
-            raise
+    def facts(self, key: Key) -> Facts | None:
+        md = _one(self.mds.get(key))
+        if md is None or (md.get("metadata") or {}).get("deletionTimestamp"):
+            return None  # garbage collection removes the children
+        uri = str((((md.get("spec") or {}).get("model") or {}).get("uri")) or "")
+        claim = _PVC_RE.match(uri)
+        nodes = list(self.nodes.get(None) or ())
+        return Facts(
+            md=md,
+            children={
+                kind: child
+                for kind in CHILD_KINDS
+                if (child := _one(self.children[kind].get(key))) is not None
+            },
+            pods=list(self.pods.get(key) or ()),
+            pvc=_one(self.pvcs.get((key[0], claim.group(1)))) if claim else None,
+            # No node at all means the operator cannot see them (RBAC): capacity unknown.
+            nodes=nodes or None,
+            gpu_pods=list(self.gpu_pods.get(None) or ()) if nodes else None,
+        )
+
+    def md_keys(self) -> list[Key]:
+        return list(self.mds)
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _fingerprint(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass
+class InFlight:
+    """Writes already sent, by object: (resourceVersion the plan saw, what was sent).
+
+    While the watch still shows the version a write was based on, the same write is not
+    sent again; the write's own watch event brings the next reconcile."""
+
+    sent: dict[tuple[str, ...], tuple[str, str]] = field(default_factory=dict)
+    # The API's answer to a Deployment write, which status reads until the watch shows it.
+    answers: dict[tuple[str, ...], Mapping[str, Any]] = field(default_factory=dict)
+
+    def pending(self, what: tuple[str, ...], seen_rv: str, payload: str) -> bool:
+        if self.sent.get(what) == (seen_rv, payload):
+            return True
+        self.answers.pop(what, None)
+        return False
+
+    def remember(
+        self,
+        what: tuple[str, ...],
+        seen_rv: str,
+        payload: str,
+        answer: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.sent[what] = (seen_rv, payload)
+        if answer is not None:
+            self.answers[what] = answer
+
+    def forget(self, key: Key) -> None:
+        for what in [w for w in self.sent if w[1:3] == key]:
+            del self.sent[what]
+            self.answers.pop(what, None)
+
+
+def _rv(obj: Mapping[str, Any] | None) -> str:
+    return str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
+
+
 class Reconciler:
-    def __init__(self, kube: Kube, config: RenderConfig | None = None,
-                 metrics: OperatorMetrics | None = None, cluster_ttl: float = 10.0) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        view: View,
+        config: RenderConfig | None = None,
+        metrics: OperatorMetrics | None = None,
+    ) -> None:
         self.kube = kube
+        self.view = view
         self.config = config or RenderConfig()
-        self.metrics = metrics or OperatorMetrics()
-        self.cluster = ClusterView(kube, cluster_ttl)
-        self.runner = KeyedRunner()
-        # What this process last applied, to tell our own writes' echoes from drift; and
-        # which objects were already checked for children to prune. Lost on restart, which
-        # only costs one full reconcile and one prune check per object.
-        self._memory_lock = threading.Lock()
-        self._applied: dict[tuple[str, str, str], str] = {}
-        self._pruned: dict[tuple[str, str, str], frozenset[str]] = {}
-        # The last apply failure per object, until an apply succeeds: a status refresh
-        # (which does not apply) must not report Ready over a child that was never written.
-        self._apply_failures: dict[tuple[str, str], str] = {}
+        self.metrics = metrics or kube.metrics
+        self.inflight = InFlight()
 
-    # --- entry point ----------------------------------------------------------------------
-
-    def request(self, namespace: str, name: str, *, full: bool = True,
-                trigger: str = "event") -> Outcome | None:
-        """Reconcile now, or fold into the reconcile already running for this object."""
-        return self.runner.run((namespace, name), full,
-                               lambda f: self._timed(namespace, name, f, trigger))
-
-    def _timed(self, namespace: str, name: str, full: bool, trigger: str) -> Outcome:
+    async def reconcile(self, key: Key, trigger: str = "event") -> None:
         start = time.perf_counter()
         result = "error"
         try:
-            outcome = self.reconcile(namespace, name, full=full)
-            result = "invalid" if outcome.invalid else ("error" if outcome.error else "ok")
-            return outcome
+            result = await self._reconcile(key)
         finally:
             self.metrics.reconciles.labels(trigger, result).inc()
             self.metrics.duration.labels(trigger).observe(time.perf_counter() - start)
 
-    # --- the reconcile --------------------------------------------------------------------
-
-    def reconcile(self, namespace: str, name: str, *, full: bool = True) -> Outcome:
-        body = self._call(lambda: self.kube.get("ModelDeployment", namespace, name))
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return Outcome(found=False)  # garbage collection removes the children
-        owner = Owner.from_body(body)
-        spec: ModelDeploymentSpec | None = None
-        invalid: InvalidSpec | None = None
+    async def _reconcile(self, key: Key) -> str:
+        facts = self.view.facts(key)
+        if facts is None:
+            self.inflight.forget(key)
+            return "gone"
         try:
-            spec = parse_spec(body.get("spec"), name=name)
-        except InvalidSpec as exc:
-            invalid = exc
-        deployment = self._call(lambda: self.kube.get("Deployment", namespace, name))
-        if not full and deployment is not None:
-            with self._memory_lock:
-                known = self._applied.get(("Deployment", namespace, name))
-            # A status refresh that finds the Deployment changed since our last apply has
-            # found drift (a hand edit): put it back now.
-            full = known is not None and known != self._version(deployment)
-        pods_before = self._call(lambda: self.kube.list("Pod", namespace,
-                                                        labels=selector_string(owner)))
-        problems: list[Problem] = []
-        strategy: Strategy | None = None
-        error: KubeError | None = None
-        if deployment is not None and not _ours(deployment):
-            problems.append(Problem(Reason.CHILD_CONFLICT, (
-                f"Deployment {name} exists and is not managed by {MANAGER}; rename the "
-                "ModelDeployment or delete that Deployment")))
-            deployment = None
-        elif spec is not None:
-            problems += self._judge(spec, namespace)
-            template = render_pod_template(owner, spec, self.config)
-            strategy = existing_strategy(deployment, template_hash(template))
-            if strategy is None:
-                strategy = choose_strategy(spec, spec.desired_replicas(), self._spare(spec))
-            elif _surge_stuck(spec, strategy, pods_before):
-                # The free GPU seen when the rollout began is gone (taken by someone else,
-                # or by a race): stop waiting for a surge pod that cannot schedule.
-                strategy = choose_strategy(spec, spec.desired_replicas(), 0)
-                log.info("%s/%s: surge pod unschedulable, switching to %s", namespace, name,
-                         strategy.describe())
-            if full:
-                try:
-                    deployment = self._apply(owner, spec, strategy) or deployment
-                except KubeError as exc:
-                    error = exc
-                    message = exc.message or str(exc)
-                    problems.append(Problem(Reason.APPLY_FAILED, message))
-                    with self._memory_lock:
-                        self._apply_failures[(namespace, name)] = message
-                else:
-                    with self._memory_lock:
-                        self._apply_failures.pop((namespace, name), None)
-            else:
-                with self._memory_lock:
-                    failure = self._apply_failures.get((namespace, name))
-                if failure is not None:
-                    problems.append(Problem(Reason.APPLY_FAILED, failure))
-        # After an apply the pods may have changed; otherwise the first list is current.
-        pods = pods_before if not full else self._call(
-            lambda: self.kube.list("Pod", namespace, labels=selector_string(owner)))
-        observed = Observed(
-            generation=owner.generation,
-            selector=selector_string(owner),
-            spec=spec,
-            invalid=invalid,
-            url=service_url(owner, spec) if spec else None,
-            deployment=deployment,
-            pods=pods,
-            problems=problems,
-            strategy=strategy or (Strategy.from_manifest(
-                (deployment or {}).get("spec", {}).get("strategy"),
-                ((deployment or {}).get("metadata", {}).get("annotations") or {})
-                .get("modelfleet.io/rollout-strategy", "")) if deployment else None),
-        )
-        previous = body.get("status") or {}
-        status, transitions = compute_status(observed, previous, _now())
-        written = False
-        if status_changed(previous, status):
-            self._call(lambda: self.kube.patch_status(namespace, name, status))
-            self.metrics.status_writes.inc()
-            written = True
-            for t in transitions:
-                log.info("%s/%s: %s=%s %s: %s", namespace, name, t.type, t.status, t.reason,
-                         t.message)
-                try:
-                    self.kube.event(body, t.event_type, t.reason, f"{t.type} is {t.status}: "
-                                    f"{t.message}" if t.message else f"{t.type} is {t.status}")
-                    self.metrics.events.labels(t.event_type, t.reason).inc()
-                except KubeError as exc:  # an Event is best effort
-                    log.warning("event for %s/%s not posted: %s", namespace, name, exc)
-        if error is not None and error.retryable:
-            raise error  # status says ApplyFailed; the caller retries with backoff
-        ready = any(c["type"] == "Ready" and c["status"] == "True"
-                    for c in status["conditions"])
-        return Outcome(invalid=invalid, error=error, status_written=written, ready=ready)
-
-    # --- steps ----------------------------------------------------------------------------
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except KubeError as exc:
-            self.metrics.errors.labels(str(exc.status)).inc()
+            the_plan = plan(facts, self.config)
+        except Exception as exc:  # a bug or an input nobody foresaw: this object only
+            log.exception("%s/%s: planning failed", *key)
+            problem = Problem(Reason.RECONCILE_ERROR, f"{type(exc).__name__}: {exc}")
+            await self._write_status(
+                facts,
+                Observed(
+                    generation=Owner.from_body(facts.md).generation,
+                    selector=selector_string(Owner.from_body(facts.md)),
+                    problems=[problem],
+                ),
+            )
             raise
+        problems = list(the_plan.problems)
+        children = dict(facts.children)
+        failed: KubeError | None = None
+        for action in the_plan.actions:
+            try:
+                out = await self._execute(key, the_plan.owner, action)
+            except KubeError as exc:
+                log.warning("%s/%s: %s %s failed: %s", *key, action.op, action.kind, exc)
+                problems.append(
+                    Problem(
+                        Reason.APPLY_FAILED,
+                        (
+                            f"{action.kind} {the_plan.owner.name}: {exc.status} {exc.reason}: "
+                            f"{exc.message}"
+                        ),
+                    )
+                )
+                failed = failed or exc
+                continue
+            if action.op == DELETE:
+                children.pop(action.kind, None)
+            elif out is not None:
+                children[action.kind] = out
+        await self._write_status(facts, self._observed(the_plan, facts, children, problems))
+        if failed is not None:
+            raise failed  # retried with backoff; the status already says what failed
+        return "invalid" if the_plan.invalid else "ok"
 
-    def _judge(self, spec: ModelDeploymentSpec, namespace: str) -> list[Problem]:
-        """What only the operator can tell: cluster facts the apiserver cannot validate."""
-        out: list[Problem] = []
-        if spec.gpu is not None:
-            nodes = self.cluster.nodes()
-            if nodes is not None and gpu_capacity(nodes, [], spec.gpu).offering == 0:
-                offered = sorted({(n["metadata"].get("labels") or {}).get(
-                    "nvidia.com/gpu.product", "") for n in nodes} - {""})
-                want = (f"{spec.gpu.resource} of product {'|'.join(spec.gpu.products)}"
-                        if spec.gpu.products else spec.gpu.resource)
-                out.append(Problem(Reason.GPU_PRODUCT_UNAVAILABLE, (
-                    f"no node offers {want}; products in the cluster: "
-                    f"{', '.join(offered) or 'none'}")))
-        claim = spec.model.pvc_claim
-        if claim and self._call(
-                lambda: self.kube.get("PersistentVolumeClaim", namespace, claim)) is None:
-            out.append(Problem(Reason.MODEL_PVC_NOT_FOUND, (
-                f"PersistentVolumeClaim {claim!r} (from spec.model.uri) does not exist in "
-                f"namespace {namespace}")))
+    async def _execute(self, key: Key, owner: Owner, action: Action) -> Mapping[str, Any] | None:
+        what = (action.kind, *key)
+        live_rv = _rv(action.live)
+        payload = _fingerprint(action.desired) if action.desired is not None else action.op
+        if self.inflight.pending(what, live_rv, payload):
+            return self.inflight.answers.get(what)
+        if action.op == DELETE:
+            live = action.live or {}
+            uid = str((live.get("metadata") or {}).get("uid") or "")
+            if await self.kube.delete(action.kind, owner.namespace, owner.name, uid):
+                self.metrics.prunes.labels(action.kind).inc()
+                log.info("%s/%s: pruned %s", *key, action.kind)
+            self.inflight.remember(what, live_rv, payload)
+            return None
+        assert action.desired is not None
+        if action.op == REPLACE:
+            log.info(
+                "%s/%s: %s drifted at %s; replacing %s",
+                *key,
+                action.kind,
+                ", ".join(action.drift[:5]),
+                ", ".join(action.lists),
+            )
+            await self.kube.replace_lists(
+                action.kind,
+                owner.namespace,
+                owner.name,
+                live_rv,
+                [(p, value_at(action.desired, p)) for p in action.lists],
+            )
+        elif action.live is not None and action.op == APPLY:
+            log.info(
+                "%s/%s: %s drifted at %s; re-applying",
+                *key,
+                action.kind,
+                ", ".join(action.drift[:5]),
+            )
+        out = await self.kube.apply(action.desired)
+        self.metrics.applies.labels(action.kind).inc()
+        self.inflight.remember(
+            what, live_rv, payload, trim_child(out) if action.kind == "Deployment" else None
+        )
         return out
 
-    def _spare(self, spec: ModelDeploymentSpec) -> int | None:
-        if spec.gpu is None or spec.rollout.strategy != "Auto":
-            return None
-        # A rollout decision is rare (once per template) and must not use a stale view:
-        # pods bound seconds ago hold GPUs a cached list does not show.
-        self.cluster.invalidate()
-        nodes = self.cluster.nodes()
-        pods = self.cluster.active_pods()
-        if nodes is None or pods is None:
-            return None
-        return gpu_capacity(nodes, pods, spec.gpu).spare_pods
+    def _observed(
+        self, the_plan: Plan, facts: Facts, children: Mapping[str, Any], problems: list[Problem]
+    ) -> Observed:
+        owner = the_plan.owner
+        deployment = children.get("Deployment")
+        if deployment is not None and not is_ours(deployment, owner.uid):
+            deployment = None  # a stranger's: ChildConflict says so
+        strategy = the_plan.strategy
+        if strategy is None and deployment is not None:
+            strategy = Strategy.from_manifest(
+                (deployment.get("spec") or {}).get("strategy"),
+                ((deployment.get("metadata") or {}).get("annotations") or {}).get(
+                    STRATEGY_ANNOTATION, ""
+                ),
+            )
+        return Observed(
+            generation=owner.generation,
+            selector=selector_string(owner),
+            spec=the_plan.spec,
+            invalid=the_plan.invalid,
+            url=the_plan.url,
+            deployment=deployment,
+            pods=facts.pods,
+            problems=problems,
+            strategy=strategy,
+        )
 
-    def _apply(self, owner: Owner, spec: ModelDeploymentSpec,
-               strategy: Strategy) -> dict[str, Any] | None:
-        deployment: dict[str, Any] | None = None
-        wanted = set()
-        for child in render_all(owner, spec, self.config, strategy):
-            out = self._call(lambda c=child: self.kube.apply(c))  # type: ignore[misc]
-            self.metrics.applies.labels(child["kind"]).inc()
-            wanted.add(child["kind"])
-            self._remember(child["kind"], out)
-            if child["kind"] == "Deployment":
-                deployment = out
-        key = (owner.namespace, owner.name, owner.uid)
-        with self._memory_lock:
-            pruned = key in self._pruned and wanted == self._pruned[key]
-        if not pruned:
-            self._prune(owner, wanted)
-            with self._memory_lock:
-                self._pruned[key] = frozenset(wanted)
-        return deployment
-
-    # --- child events ---------------------------------------------------------------------
-
-    @staticmethod
-    def _version(obj: Mapping[str, Any]) -> str:
-        # generation moves only on spec changes (status writes leave it), so a child's
-        # status churn is told apart from an edit; Services have none: resourceVersion.
-        meta = obj.get("metadata") or {}
-        return f"g{meta['generation']}" if meta.get("generation") else (
-            f"rv{meta.get('resourceVersion')}")
-
-    def _remember(self, kind: str, obj: Mapping[str, Any] | None) -> None:
-        if obj:
-            meta = obj["metadata"]
-            with self._memory_lock:
-                self._applied[(kind, meta["namespace"], meta["name"])] = self._version(obj)
-
-    def child_event(self, kind: str, event_type: str, body: Mapping[str, Any],
-                    owner: str) -> Outcome | None:
-        """React to a change of an owned child: an echo of our own write needs nothing (a
-        Deployment's status change needs a status refresh); anything else is drift, or
-        news, and gets a full reconcile."""
-        meta = body.get("metadata") or {}
-        namespace = meta.get("namespace", "")
-        with self._memory_lock:
-            known = self._applied.get((kind, namespace, meta.get("name", "")))
-        if event_type == "DELETED":
-            return self.request(namespace, owner, full=True, trigger=f"child-{kind}")
-        if kind == "Deployment":
-            # Status churn is most of these; the status refresh itself compares versions
-            # and escalates to a full reconcile on drift (see reconcile()), which also
-            # covers an event that overtook our own apply's response.
-            return self.request(namespace, owner, full=False, trigger=f"child-{kind}")
-        if known == self._version(body):
-            return None  # the echo of our own write
-        return self.request(namespace, owner, full=True, trigger=f"child-{kind}")
-
-    def _prune(self, owner: Owner, wanted: set[str]) -> None:
-        """Delete our children of kinds no longer wanted (e.g. the HPA once autoscaling
-        is removed). Names are fixed per kind, so only absent kinds need a look."""
-        for kind in CHILD_KINDS:
-            if kind in wanted:
-                continue
-            for obj in self._call(lambda k=kind: self.kube.list(  # type: ignore[misc]
-                    k, owner.namespace, labels=selector_string(owner))):
-                refs = obj["metadata"].get("ownerReferences") or []
-                if any(r.get("uid") == owner.uid for r in refs) and self.kube.delete(
-                        kind, owner.namespace, obj["metadata"]["name"],
-                        obj["metadata"].get("uid")):
-                        self.metrics.prunes.labels(kind).inc()
-                        log.info("pruned %s %s/%s", kind, owner.namespace,
-                                 obj["metadata"]["name"])
-
-
-def _surge_stuck(spec: ModelDeploymentSpec, strategy: Strategy,
-                 pods: list[dict[str, Any]]) -> bool:
-    if spec.rollout.strategy != "Auto" or spec.gpu is None or strategy.max_surge == 0 or (
-            strategy.type != "RollingUpdate"):
-        return False
-    return any(p.reason == Reason.INSUFFICIENT_GPU for p in diagnose_pods(pods, spec))
-
-
-def _ours(obj: dict[str, Any]) -> bool:
-    return bool((obj["metadata"].get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGER)
-
-
-class Resyncer(threading.Thread):
-    """Re-reconciles every ModelDeployment periodically: the drift and cluster-fact backstop.
-
-    A plain thread rather than a kopf timer: kopf puts a finalizer on every object with a
-    timer, and a finalizer would block deletion whenever the operator is down.
-    """
-
-    def __init__(self, reconciler: Reconciler, interval: float,
-                 namespaces: Sequence[str] | None) -> None:
-        super().__init__(name="modelfleet-resync", daemon=True)
-        self.reconciler = reconciler
-        self.interval = interval
-        self.namespaces = list(namespaces) if namespaces else None  # None: all
-        self.stopping = threading.Event()
-
-    def targets(self) -> list[tuple[str, str]]:
-        kube = self.reconciler.kube
-        if self.namespaces is None or any(
-                set("*?[") & set(ns) for ns in self.namespaces):
-            items = kube.list("ModelDeployment")
-            if self.namespaces is not None:
-                items = [i for i in items if any(fnmatch.fnmatch(
-                    i["metadata"]["namespace"], ns) for ns in self.namespaces)]
-        else:
-            items = [i for ns in self.namespaces for i in kube.list("ModelDeployment", ns)]
-        return [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
-
-    def resync_once(self) -> int:
-        done = 0
-        for namespace, name in self.targets():
-            if self.stopping.is_set():
-                break
+    async def _write_status(self, facts: Facts, observed: Observed) -> None:
+        md = facts.md
+        meta = md.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        previous = md.get("status") or {}
+        status, transitions = compute_status(observed, previous, _now())
+        if not status_changed(previous, status):
+            return
+        what = ("ModelDeployment", *key)
+        payload = _fingerprint(
+            {k: v for k, v in status.items() if k != "conditions"}
+            | {
+                "conditions": [
+                    {k: v for k, v in c.items() if k != "lastTransitionTime"}
+                    for c in status["conditions"]
+                ]
+            }
+        )
+        if self.inflight.pending(what, _rv(md), payload):
+            return
+        await self.kube.patch_status(key[0], key[1], status)
+        self.inflight.remember(what, _rv(md), payload)
+        self.metrics.status_writes.inc()
+        for t in transitions:
+            log.info("%s/%s: %s=%s %s: %s", *key, t.type, t.status, t.reason, t.message)
+            text = (
+                f"{t.type} is {t.status}: {t.message}" if t.message else (f"{t.type} is {t.status}")
+            )
             try:
-                self.reconciler.request(namespace, name, trigger="resync")
-                done += 1
-            except KubeError as exc:
-                log.warning("resync of %s/%s failed: %s", namespace, name, exc)
-        return done
+                await self.kube.event(md, t.event_type, t.reason, text)
+                self.metrics.events.labels(t.event_type, t.reason).inc()
+            except KubeError as exc:  # an Event is best effort
+                log.warning("%s/%s: event not posted: %s", *key, exc)
 
-    def run(self) -> None:
-        while not self.stopping.wait(self.interval):
+
+class WorkQueue:
+    """ModelDeployments to reconcile, by key: at most one reconcile per key at a time,
+    requests arriving meanwhile fold into one re-run, a failure comes back after an
+    exponential backoff. asyncio only: no threads, no locks (one event loop)."""
+
+    def __init__(
+        self,
+        handler: Callable[[Key, str], Awaitable[None]],
+        *,
+        workers: int = 16,
+        metrics: OperatorMetrics | None = None,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+    ) -> None:
+        self.handler = handler
+        self.workers = workers
+        self.metrics = metrics or OperatorMetrics()
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._again: set[Key] = set()
+        self._why: dict[Key, str] = {}
+        self._failures: dict[Key, int] = {}
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add(self, key: Key, why: str = "event") -> None:
+        """Queue a reconcile of ``key``; ``why`` (the trigger) only labels the metrics."""
+        self._why.setdefault(key, why)
+        if key in self._active:
+            self._again.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+            self.metrics.queue_depth.set(len(self._queued))
+
+    def add_after(self, key: Key, delay: float) -> None:
+        if key not in self._timers:
+            self._timers[key] = asyncio.get_running_loop().call_later(delay, self._due, key)
+
+    def _due(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key, "retry")
+
+    def failures(self, key: Key) -> int:
+        return self._failures.get(key, 0)
+
+    def idle(self) -> bool:
+        return not (self._queued or self._active or self._again)
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self.metrics.queue_depth.set(len(self._queued))
+            self._active.add(key)
             try:
-                self.resync_once()
-            except KubeError as exc:
-                log.warning("resync listing failed: %s", exc)
+                await self.handler(key, self._why.pop(key, "event"))
+            except Exception as exc:
+                count = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = min(self.max_backoff, self.backoff * 2 ** (count - 1))
+                if not isinstance(exc, KubeError):
+                    log.warning(
+                        "%s/%s: reconcile failed (%s: %s); retry in %.0fs",
+                        *key,
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
+                else:
+                    log.info("%s/%s: retry in %.0fs after %s", *key, delay, exc)
+                self.metrics.retries.inc()
+                self.add_after(key, delay)
+            else:
+                self._failures.pop(key, None)
+                timer = self._timers.pop(key, None)
+                if timer is not None:
+                    timer.cancel()
+            finally:
+                self._active.discard(key)
+                if key in self._again:
+                    self._again.discard(key)
+                    self.add(key)
 
-    def stop(self) -> None:
-        self.stopping.set()
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"modelfleet-worker-{i}")
+            for i in range(self.workers)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+
+async def resync(view: View, queue: WorkQueue, interval: float, ready: asyncio.Event) -> None:
+    """Every ``interval``, queue every ModelDeployment: re-judges slow cluster facts from the
+    watches' view; a converged object costs CPU for one plan and no API request."""
+    await ready.wait()
+    while True:
+        await asyncio.sleep(interval)
+        for key in view.md_keys():
+            queue.add(key, "resync")

@@ -8,10 +8,14 @@ them, so the two cannot disagree.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
 
 GROUP = "modelfleet.io"
 VERSION = "v1alpha1"
@@ -305,9 +309,45 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise InvalidSpec(where, "must be a quantity such as 2, 500m or 8Gi")
         text = str(value)
-        if not re.match(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$", text):
+        parsed = parse_cpu_or_bytes(text)
+        if parsed is None:
             raise InvalidSpec(where, f"{text!r} is not a quantity such as 2, 500m or 8Gi")
+        if parsed < 0:
+            raise InvalidSpec(where, f"{text!r} is negative")
         return text
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        """An optional object whose inner shape the API server checks (affinity etc.)."""
+        value = self.raw.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise InvalidSpec(f"{self.path}.{key}", "must be an object")
+        return dict(value)
+
+
+# The CRD's pattern, kept here too: Decimal alone would accept "1e3", "NaN" and "Infinity".
+QUANTITY_RE = re.compile(r"^[+-]?[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def parse_cpu_or_bytes(text: str) -> Decimal | None:
+    """A Kubernetes quantity as a number (cores or bytes), None when it is not one.
+
+    ``kubernetes.utils.parse_quantity`` does the arithmetic (suffixes, binary vs decimal);
+    the pattern refuses what it would let through but the API server would not."""
+    if not QUANTITY_RE.match(text):
+        return None
+    try:
+        value = parse_quantity(text)  # type: ignore[no-untyped-call]
+    except ValueError:
+        return None
+    return value if isinstance(value, Decimal) and value.is_finite() else None
+
+
+def cpu_threads(cpu: str, limit: int = 256) -> int:
+    """Worker threads for a CPU request: whole cores, at least 1, at most ``limit``."""
+    cores = parse_cpu_or_bytes(cpu) or Decimal(1)
+    return max(1, min(limit, math.floor(cores)))
 
 
 def _req(value: Any) -> Any:
@@ -345,9 +385,9 @@ def parse_spec(raw: Mapping[str, Any] | None, *, name: str) -> ModelDeploymentSp
             progress_deadline_s=_req(rollout.integer("progressDeadlineSeconds", minimum=60)),
         ),
         scheduling=SchedulingSpec(
-            node_selector=dict(sched.raw.get("nodeSelector") or {}),
-            tolerations=tuple(sched.raw.get("tolerations") or ()),
-            affinity=sched.raw.get("affinity"),
+            node_selector=_parse_node_selector(sched),
+            tolerations=_parse_tolerations(sched),
+            affinity=_parse_affinity(sched) or None,
             priority_class_name=sched.text("priorityClassName"),
             topology_spread=TopologySpread(
                 topology_key=_req(spread.text("topologyKey")),
@@ -449,3 +489,53 @@ def _parse_autoscaling(a: _Reader) -> AutoscalingSpec:
         raise InvalidSpec("spec.autoscaling.target", "for metric cpu is a utilization percent "
                           "between 1 and 1000")
     return spec
+
+
+def _parse_node_selector(sched: _Reader) -> dict[str, str]:
+    raw = sched.mapping("nodeSelector")
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            raise InvalidSpec(f"spec.scheduling.nodeSelector.{key}", "must be a string")
+    return raw
+
+
+def _parse_tolerations(sched: _Reader) -> tuple[Mapping[str, Any], ...]:
+    raw = sched.raw.get("tolerations") or []
+    if not isinstance(raw, list):
+        raise InvalidSpec("spec.scheduling.tolerations", "must be a list of tolerations")
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            raise InvalidSpec(f"spec.scheduling.tolerations[{i}]", "must be an object")
+    return tuple(raw)
+
+
+def _parse_affinity(sched: _Reader) -> dict[str, Any]:
+    """The user's affinity; the parts the operator merges GPU terms into must have the
+    core/v1 shape (the CRD keeps this field schemaless, so the API server let it through)."""
+    affinity = sched.mapping("affinity")
+    node = affinity.get("nodeAffinity")
+    where = "spec.scheduling.affinity.nodeAffinity"
+    if node is None:
+        return affinity
+    if not isinstance(node, Mapping):
+        raise InvalidSpec(where, "must be an object (core/v1 NodeAffinity)")
+    required = node.get("requiredDuringSchedulingIgnoredDuringExecution")
+    where += ".requiredDuringSchedulingIgnoredDuringExecution"
+    if required is None:
+        return affinity
+    if not isinstance(required, Mapping):
+        raise InvalidSpec(where, "must be an object (core/v1 NodeSelector)")
+    terms = required.get("nodeSelectorTerms")
+    if terms is None:
+        return affinity
+    if not isinstance(terms, list):
+        raise InvalidSpec(f"{where}.nodeSelectorTerms", "must be a list of node selector terms")
+    for i, term in enumerate(terms):
+        if not isinstance(term, Mapping):
+            raise InvalidSpec(f"{where}.nodeSelectorTerms[{i}]", "must be an object")
+        exprs = term.get("matchExpressions")
+        if exprs is not None and not (
+                isinstance(exprs, list) and all(isinstance(e, Mapping) for e in exprs)):
+            raise InvalidSpec(f"{where}.nodeSelectorTerms[{i}].matchExpressions",
+                              "must be a list of objects")
+    return affinity

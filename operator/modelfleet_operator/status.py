@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .render.deployment import CONTAINER, FETCH_CONTAINER, Strategy
@@ -28,6 +28,10 @@ class Reason:
     INSUFFICIENT_GPU = "InsufficientGPU"
     GPU_PRODUCT_UNAVAILABLE = "GPUProductUnavailable"
     MODEL_PVC_NOT_FOUND = "ModelPVCNotFound"
+    MODEL_PVC_NOT_BOUND = "ModelPVCNotBound"
+    PRIORITY_CLASS_NOT_FOUND = "PriorityClassNotFound"
+    POD_CREATION_FAILED = "PodCreationFailed"
+    RECONCILE_ERROR = "ReconcileError"
     MODEL_LOAD_FAILED = "ModelLoadFailed"
     MODEL_FETCH_FAILED = "ModelFetchFailed"
     IMAGE_PULL_FAILED = "ImagePullFailed"
@@ -47,10 +51,14 @@ class Reason:
 
 # Worst first: the first problem found names the Ready/Degraded reason.
 _SEVERITY = [
+    Reason.RECONCILE_ERROR,
     Reason.CHILD_CONFLICT,
     Reason.APPLY_FAILED,
     Reason.GPU_PRODUCT_UNAVAILABLE,
+    Reason.PRIORITY_CLASS_NOT_FOUND,
+    Reason.POD_CREATION_FAILED,
     Reason.MODEL_PVC_NOT_FOUND,
+    Reason.MODEL_PVC_NOT_BOUND,
     Reason.IMAGE_PULL_FAILED,
     Reason.MODEL_FETCH_FAILED,
     Reason.MODEL_LOAD_FAILED,
@@ -97,7 +105,6 @@ class Observed:
     pods: Sequence[Mapping[str, Any]] = ()
     problems: Sequence[Problem] = ()  # judged by the operator (cluster facts, API errors)
     strategy: Strategy | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -208,6 +215,29 @@ def _deadline_exceeded(dep: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+_PRIORITY_RE = re.compile(r"no PriorityClass with name (\S+) was found")
+
+
+def _replica_failure(dep: Mapping[str, Any] | None,
+                     spec: ModelDeploymentSpec | None) -> Problem | None:
+    """The ReplicaSet cannot create pods (the Deployment's ReplicaFailure condition): a
+    missing PriorityClass, a quota, an admission policy. Pods never appear, so nothing
+    else would say why."""
+    for cond in ((dep or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") != "ReplicaFailure" or cond.get("status") != "True":
+            continue
+        message = str(cond.get("message") or cond.get("reason") or "pods cannot be created")
+        m = _PRIORITY_RE.search(message)
+        if m:
+            asked = spec.scheduling.priority_class_name if spec else None
+            return Problem(Reason.PRIORITY_CLASS_NOT_FOUND, _truncate(
+                f"spec.scheduling.priorityClassName {asked or m.group(1)!r}: no PriorityClass "
+                f"with that name exists, so no pod can be created ({message})"))
+        return Problem(Reason.POD_CREATION_FAILED, _truncate(
+            f"the ReplicaSet cannot create pods: {message}"))
+    return None
+
+
 def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
                    now: str) -> tuple[dict[str, Any], list[Transition]]:
     """The new .status and the condition transitions (for Events)."""
@@ -221,6 +251,9 @@ def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
                                           or 0) >= int((dep.get("metadata") or {})
                                                        .get("generation") or 0)
     problems = list(obs.problems) + diagnose_pods(obs.pods, spec)
+    failure = _replica_failure(dep, spec)
+    if failure is not None:
+        problems.append(failure)
     deadline = _deadline_exceeded(dep)
     if deadline:
         problems.append(Problem(Reason.PROGRESS_DEADLINE_EXCEEDED, deadline))
@@ -301,8 +334,14 @@ def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
         # Degraded turning True (or recovering); Available/Progressing are in the status.
         changed = old is None or old.get("status") != cond["status"] or (
             old.get("reason") != cond["reason"])
-        worth = cond["type"] == READY or (cond["type"] == DEGRADED and (
-            cond["status"] == "True" or (old is not None and old.get("status") == "True")))
+        # Ready turning True, a problem, or losing readiness; not the "not ready yet" steps
+        # of a rollout (at 1000 creates those would be thousands of Events).
+        was_ready = old is not None and old.get("status") == "True"
+        worth = (cond["type"] == READY and (was_ready or cond["status"] == "True"
+                                            or cond["reason"] in _SEVERITY
+                                            or cond["reason"] == Reason.INVALID_SPEC)) or (
+            cond["type"] == DEGRADED and (
+                cond["status"] == "True" or (old is not None and old.get("status") == "True")))
         if changed and worth:
             transitions.append(Transition(cond["type"], cond["status"], cond["reason"],
                                           cond["message"]))

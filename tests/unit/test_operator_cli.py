@@ -33,6 +33,10 @@ def test_runtime_image_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_kopf_settings_keep_bookkeeping_in_our_annotations() -> None:
-    s = settings(workers=4)
-    assert s.execution.max_workers == 4
+    s = settings()
     assert "modelfleet.io" in repr(s.persistence.progress_storage.prefix)
+
+
+def test_workers_and_resync_parse() -> None:
+    args = build_parser().parse_args(["-A", "--workers=4", "--resync-seconds=30"])
+    assert (args.workers, args.resync_seconds) == (4, 30.0)

@@ -11,29 +11,25 @@ operator as this ServiceAccount and fails on any "forbidden".
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
-# operator: GPU capacity per node (rollout strategy, why pods are Pending).
+# operator: watches nodes for GPU capacity (rollout strategy, GPUProductUnavailable).
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- if eq .Values.operator.scope "namespace" }}
 # kopf: lists and watches namespaces when started with --namespace (not --all-namespaces).
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
-# operator: GPUs in use on each node are held by pods of every namespace, not only the
-# watched ones; without this it assumes no spare GPU (never surges).
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["list"]
 {{- end }}
 {{- end }}
 
 {{/* Namespaced rules: in the ClusterRole (cluster scope) or a Role per watched namespace. */}}
 {{- define "modelfleet.rules.namespaced" -}}
-# kopf: watches ModelDeployments and patches its progress annotations; operator: reads one.
+# kopf: watches ModelDeployments (the operator reads them from that watch only; kopf
+# writes nothing to them: index and event handlers keep no progress).
 - apiGroups: ["modelfleet.io"]
   resources: ["modeldeployments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch"]
 # operator: writes status and conditions through the status subresource.
 - apiGroups: ["modelfleet.io"]
   resources: ["modeldeployments/status"]
@@ -44,11 +40,12 @@ operator as this ServiceAccount and fails on any "forbidden".
 - apiGroups: ["modelfleet.io"]
   resources: ["modeldeployments/finalizers"]
   verbs: ["update"]
-# operator: server-side apply (patch, and create when the child is new), prune (list, delete),
-# reads the Deployment's rollout; kopf: watches children to put hand-edits back at once.
+# operator: server-side apply (patch, and create when the child is new; a JSON patch puts
+# back a hand-edited list), prune (delete); kopf: watches children (what the operator
+# compares with, so a hand edit is put back at once).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create", "patch", "delete"]
@@ -58,14 +55,14 @@ operator as this ServiceAccount and fails on any "forbidden".
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# operator: reads serving pods (why Pending, crash messages, GPUs in use); kopf: watches them.
+# operator: watches pods (why Pending, crash messages, GPUs in use on each node).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
-# operator: checks that a pvc:// model's claim exists.
+# operator: watches claims (a pvc:// model's claim missing or not bound).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get"]
+  verbs: ["list", "watch"]
 # operator and kopf: Events on ModelDeployments (kopf only posts, never updates).
 - apiGroups: [""]
   resources: ["events"]

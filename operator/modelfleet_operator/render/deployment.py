@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..spec import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE, ModelDeploymentSpec
+from ..spec import (
+    GPU_MEMORY_LABEL,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    ModelDeploymentSpec,
+    cpu_threads,
+)
 from .common import (
     STRATEGY_ANNOTATION,
     TEMPLATE_HASH_ANNOTATION,
@@ -93,12 +99,6 @@ def choose_strategy(spec: ModelDeploymentSpec, replicas: int, spare_pods: int | 
                     "pod at a time (maxSurge 0)")
 
 
-def cpu_cores(quantity: str) -> float:
-    if quantity.endswith("m"):
-        return float(quantity[:-1]) / 1000
-    return float(quantity)
-
-
 def model_dir(spec: ModelDeploymentSpec) -> str:
     if spec.model.pvc_path is not None:
         return f"{MODEL_MOUNT}/{spec.model.pvc_path}"
@@ -108,7 +108,7 @@ def model_dir(spec: ModelDeploymentSpec) -> str:
 def serve_args(spec: ModelDeploymentSpec) -> list[str]:
     """The runtime's command line; tests check it against the runtime's own parser."""
     m, r = spec.model, spec.runtime
-    threads = r.threads or max(1, math.floor(cpu_cores(r.resources.cpu)))
+    threads = r.threads or cpu_threads(r.resources.cpu)
     args = [
         "serve",
         "--model-dir", model_dir(spec),
@@ -243,6 +243,11 @@ def render_pod_template(owner: Owner, spec: ModelDeploymentSpec,
     }
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the runtime never calls the API
+        # Set explicitly (they are the defaults) so that a hand edit turning one on is drift
+        # the operator sees and undoes, not a field someone else owns.
+        "hostNetwork": False,
+        "hostPID": False,
+        "hostIPC": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": r.drain_timeout_s + PRESTOP_SLEEP_S + GRACE_MARGIN_S,
         "securityContext": {

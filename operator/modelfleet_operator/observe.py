@@ -1,0 +1,193 @@
+"""What the operator keeps of each watched object, and what one reconcile reads (pure).
+
+The watches (handlers.py) feed kopf indexes with these trimmed copies: only the fields a plan
+or a status reads, so 1000 ModelDeployments with their pods and children stay small in
+memory, and a reconcile reads the cluster's state without a single GET or LIST.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .render.common import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER
+from .spec import GROUP, KIND
+
+Obj = Mapping[str, Any]
+
+# Children, by kind; each is named after its ModelDeployment.
+CHILD_KINDS = ("Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler")
+GPU_RESOURCE_PREFIX = "nvidia.com/"
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+def _meta(body: Obj, *extra: str) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    out = {
+        k: meta[k]
+        for k in (
+            "name",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "generation",
+            "deletionTimestamp",
+            *extra,
+        )
+        if meta.get(k) is not None
+    }
+    return out
+
+
+def md_key(body: Obj) -> tuple[str, str]:
+    meta = body.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def trim_md(body: Obj) -> dict[str, Any]:
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": _meta(body, "annotations", "labels"),
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
+    }
+
+
+def controller_ref(body: Obj) -> Mapping[str, Any] | None:
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def _md_owner(body: Obj) -> str | None:
+    ref = controller_ref(body)
+    if ref and ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(GROUP + "/"):
+        return str(ref.get("name"))
+    return None
+
+
+def _applied_by_us(body: Obj) -> bool:
+    return any(
+        m.get("manager") == MANAGER and m.get("operation") == "Apply"
+        for m in (body.get("metadata") or {}).get("managedFields") or []
+    )
+
+
+def trim_child(body: Obj) -> dict[str, Any]:
+    """A child-kind object: whole (less managedFields) when it may be ours, else a stub that
+    only says a stranger holds the name."""
+    ref = controller_ref(body)
+    maybe_ours = _md_owner(body) is not None or (ref is None and _applied_by_us(body))
+    meta = _meta(body, "labels", "annotations", "ownerReferences")
+    meta["appliedByUs"] = _applied_by_us(body)
+    if not maybe_ours:
+        return {
+            "kind": body.get("kind"),
+            "metadata": {
+                k: meta[k] for k in ("name", "namespace", "uid", "ownerReferences") if k in meta
+            },
+        }
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": meta,
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
+    }
+
+
+def owner_of_child(body: Obj) -> str | None:
+    """The ModelDeployment a child event concerns: its controller, or the name it holds."""
+    return _md_owner(body) or (body.get("metadata") or {}).get("name")
+
+
+def is_ours(child: Obj, md_uid: str) -> bool:
+    """Ours: controlled by this ModelDeployment (uid), or applied by us and controlled by
+    nobody (someone stripped the owner reference). Labels do not decide: a removed
+    managed-by label is drift to restore, not a stranger."""
+    meta = child.get("metadata") or {}
+    ref = controller_ref(child)
+    if ref is not None:
+        return bool(ref.get("uid") == md_uid and ref.get("kind") == KIND)
+    return bool(meta.get("appliedByUs"))
+
+
+def pod_owner(body: Obj) -> str | None:
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    if labels.get(MANAGED_BY_LABEL) != MANAGER:
+        return None
+    return labels.get(INSTANCE_LABEL)
+
+
+def trim_pod(body: Obj) -> dict[str, Any]:
+    status = body.get("status") or {}
+    return {
+        "metadata": _meta(body, "labels"),
+        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
+        "status": {
+            k: status[k]
+            for k in ("phase", "conditions", "containerStatuses", "initContainerStatuses")
+            if k in status
+        },
+    }
+
+
+def _gpu_limits(container: Obj) -> dict[str, str]:
+    res = container.get("resources") or {}
+    merged = {**(res.get("requests") or {}), **(res.get("limits") or {})}
+    return {k: str(v) for k, v in merged.items() if k.startswith(GPU_RESOURCE_PREFIX)}
+
+
+def trim_gpu_pod(body: Obj) -> dict[str, Any] | None:
+    """A pod holding GPUs (or MIG slices) on a node: what capacity.py counts. None else."""
+    spec = body.get("spec") or {}
+    phase = (body.get("status") or {}).get("phase")
+    if not spec.get("nodeName") or phase in TERMINAL_PHASES:
+        return None
+    containers = [{"resources": {"limits": _gpu_limits(c)}} for c in spec.get("containers") or []]
+    inits = [{"resources": {"limits": _gpu_limits(c)}} for c in spec.get("initContainers") or []]
+    if not any(c["resources"]["limits"] for c in containers + inits):
+        return None
+    return {
+        "metadata": _meta(body),
+        "spec": {"nodeName": spec["nodeName"], "containers": containers, "initContainers": inits},
+        "status": {"phase": phase},
+    }
+
+
+def trim_node(body: Obj) -> dict[str, Any]:
+    status = body.get("status") or {}
+    ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    return {
+        "metadata": {
+            "name": (body.get("metadata") or {}).get("name"),
+            "labels": (body.get("metadata") or {}).get("labels") or {},
+        },
+        "spec": {"unschedulable": bool((body.get("spec") or {}).get("unschedulable"))},
+        "status": {
+            "allocatable": status.get("allocatable") or {},
+            "conditions": [{"type": "Ready", "status": c.get("status")} for c in ready],
+        },
+    }
+
+
+def trim_pvc(body: Obj) -> dict[str, Any]:
+    return {"metadata": _meta(body), "status": {"phase": (body.get("status") or {}).get("phase")}}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything one reconcile reads, as the watches last saw it.
+
+    ``nodes``/``gpu_pods`` are None when the operator cannot see them (no RBAC):
+    capacity is then unknown and rollouts stay conservative."""
+
+    md: Obj
+    children: Mapping[str, Obj]  # kind -> the live object holding the child's name
+    pods: Sequence[Obj] = ()
+    pvc: Obj | None = None
+    nodes: Sequence[Obj] | None = None
+    gpu_pods: Sequence[Obj] | None = None

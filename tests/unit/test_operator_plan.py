@@ -1,0 +1,324 @@
+"""plan.plan and diff.differences, table by table: what the operator decides to write (and
+not write) from what the watches show, for every input the issue and the findings list."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from modelfleet_operator.diff import differences, list_paths
+from modelfleet_operator.observe import Facts, trim_child, trim_md, trim_node
+from modelfleet_operator.plan import APPLY, DELETE, REPLACE, plan
+from modelfleet_operator.render import RenderConfig
+from modelfleet_operator.status import Reason
+from operator_samples import A100, H100, md, node
+
+CONFIG = RenderConfig()
+NODES = [
+    trim_node(node("h100-0", gpus=8, product=H100, memory_mib=81559)),
+    trim_node(node("a100-mig", product=A100, resources={"nvidia.com/mig-1g.10gb": "7"})),
+    trim_node(node("cpu-0")),
+]
+PVC_BOUND = {"metadata": {"name": "models"}, "status": {"phase": "Bound"}}
+
+
+def facts(
+    spec: dict[str, Any] | None = None, children: dict[str, Any] | None = None, **kw: Any
+) -> Facts:
+    base: dict[str, Any] = {"nodes": NODES, "gpu_pods": [], "pvc": PVC_BOUND}
+    base.update(kw)
+    return Facts(md=trim_md(md(spec)), children=children or {}, **base)
+
+
+def converged(spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The children as the API server would hold them after our apply."""
+    out = {}
+    for action in plan(facts(spec), CONFIG).actions:
+        assert action.desired is not None
+        live = copy.deepcopy(dict(action.desired))
+        live["metadata"]["uid"] = f"uid-{action.kind}"
+        live["metadata"]["resourceVersion"] = "7"
+        out[action.kind] = trim_child(live)
+    return out
+
+
+def test_nothing_exists_yet_apply_every_child() -> None:
+    p = plan(facts(), CONFIG)
+    assert [(a.kind, a.op) for a in p.actions] == [
+        ("Deployment", APPLY),
+        ("Service", APPLY),
+        ("PodDisruptionBudget", APPLY),
+    ]
+    assert p.problems == ()
+
+
+def test_converged_means_no_action() -> None:
+    assert plan(facts(children=converged()), CONFIG).actions == ()
+
+
+def test_autoscaling_adds_the_hpa_and_removing_it_prunes_ours() -> None:
+    auto = {"autoscaling": {"maxReplicas": 4, "target": 2}}
+    kids = converged(auto)
+    assert "HorizontalPodAutoscaler" in kids
+    assert plan(facts(auto, children=kids), CONFIG).actions == ()
+    p = plan(facts(children=kids), CONFIG)  # autoscaling removed from the spec
+    assert [(a.kind, a.op) for a in p.actions] == [("HorizontalPodAutoscaler", DELETE)]
+
+
+def _edit(kids: dict[str, Any], kind: str, path: list[Any], value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(kids)
+    node: Any = out[kind]
+    for part in path[:-1]:
+        node = node[part]
+    if value is None:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return out
+
+
+# (id, kind, path, new value (None: delete), expected op, expected list replaced)
+DRIFT = [
+    ("service port", "Service", ["spec", "ports", 0, "port"], 9090, REPLACE, "/spec/ports"),
+    ("target port", "Service", ["spec", "ports", 0, "targetPort"], 9999, REPLACE, "/spec/ports"),
+    (
+        "service selector",
+        "Service",
+        ["spec", "selector", "app.kubernetes.io/instance"],
+        "x",
+        APPLY,
+        None,
+    ),
+    (
+        "image",
+        "Deployment",
+        ["spec", "template", "spec", "containers", 0, "image"],
+        "evil:1",
+        REPLACE,
+        "/spec/template/spec/containers",
+    ),
+    ("hostNetwork", "Deployment", ["spec", "template", "spec", "hostNetwork"], True, APPLY, None),
+    (
+        "tolerations removed",
+        "Deployment",
+        ["spec", "template", "spec", "tolerations"],
+        None,
+        REPLACE,
+        "/spec/template/spec/tolerations",
+    ),
+    (
+        "managed-by label removed",
+        "Deployment",
+        ["metadata", "labels", "app.kubernetes.io/managed-by"],
+        None,
+        APPLY,
+        None,
+    ),
+    ("replicas", "Deployment", ["spec", "replicas"], 9, APPLY, None),
+    ("pdb", "PodDisruptionBudget", ["spec", "maxUnavailable"], 3, APPLY, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "kind", "path", "value", "op", "replaced"), DRIFT, ids=[d[0] for d in DRIFT]
+)
+def test_drift_on_a_rendered_field_is_put_back(  # noqa: PLR0917 (one row of DRIFT)
+    label: str, kind: str, path: list[Any], value: Any, op: str, replaced: str | None
+) -> None:
+    kids = _edit(converged(), kind, path, value)
+    p = plan(facts(children=kids), CONFIG)
+    assert [(a.kind, a.op) for a in p.actions] == [(kind, op)], label
+    assert p.actions[0].lists == ((replaced,) if replaced else ())
+    assert p.problems == ()  # ours, even without the label: no ChildConflict
+
+
+# What the API server or other controllers add: never drift, never a write.
+NOT_DRIFT = [
+    (
+        "api default in a container",
+        "Deployment",
+        ["spec", "template", "spec", "containers", 0, "terminationMessagePath"],
+        "/dev/x",
+    ),
+    (
+        "quantity respelled",
+        "Deployment",
+        ["spec", "template", "spec", "containers", 0, "resources", "requests", "memory"],
+        "2048Mi",
+    ),
+    ("false omitted", "Deployment", ["spec", "template", "spec", "hostPID"], None),
+    ("cluster ip", "Service", ["spec", "clusterIP"], "10.0.0.1"),
+    ("someone's annotation", "Service", ["metadata", "annotations"], {"x": "y"}),
+    ("status", "Deployment", ["status"], {"replicas": 2}),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "kind", "path", "value"), NOT_DRIFT, ids=[d[0] for d in NOT_DRIFT]
+)
+def test_what_others_add_is_not_drift(label: str, kind: str, path: list[Any], value: Any) -> None:
+    kids = converged({"runtime": {"resources": {"memory": "2Gi"}}})
+    kids = _edit(kids, kind, path, value)
+    assert (
+        plan(facts({"runtime": {"resources": {"memory": "2Gi"}}}, children=kids), CONFIG).actions
+        == ()
+    ), label
+
+
+@pytest.mark.parametrize(
+    "kind", ["Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
+)
+def test_a_strangers_child_is_reported_and_left_alone(kind: str) -> None:
+    auto = {"autoscaling": {"maxReplicas": 4, "target": 2}}
+    stranger = trim_child({"kind": kind, "metadata": {"name": "resnet", "uid": "x"}, "spec": {}})
+    p = plan(facts(auto, children={kind: stranger}), CONFIG)
+    assert kind not in {a.kind for a in p.actions}
+    assert [x.reason for x in p.problems] == [Reason.CHILD_CONFLICT]
+    assert f"{kind} resnet" in p.problems[0].message
+
+
+def test_a_child_of_another_modeldeployment_uid_is_a_stranger() -> None:
+    kids = converged()
+    old = copy.deepcopy(kids["Service"])
+    old["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-deleted-one"
+    p = plan(facts(children={**kids, "Service": old}), CONFIG)
+    assert p.actions == () and p.problems[0].reason == Reason.CHILD_CONFLICT
+
+
+def test_an_applied_child_whose_owner_reference_was_stripped_is_still_ours() -> None:
+    kids = converged()
+    svc = copy.deepcopy(kids["Service"])
+    svc["metadata"]["ownerReferences"] = []
+    svc["metadata"]["appliedByUs"] = True
+    p = plan(facts(children={**kids, "Service": svc}), CONFIG)
+    assert [(a.kind, a.op) for a in p.actions] == [("Service", APPLY)] and p.problems == ()
+
+
+# (id, spec patch, facts overrides, reason, words the message must hold)
+JUDGED = [
+    (
+        "no such product",
+        {"gpu": {"products": ["NVIDIA-B200"]}},
+        {},
+        Reason.GPU_PRODUCT_UNAVAILABLE,
+        ["1 nvidia.com/gpu of product NVIDIA-B200", H100],
+    ),
+    (
+        "no such mig",
+        {"gpu": {"count": None, "mig": "2g.20gb"}},
+        {},
+        Reason.GPU_PRODUCT_UNAVAILABLE,
+        ["nvidia.com/mig-2g.20gb", "spec.gpu.mig 2g.20gb", "nvidia.com/mig-1g.10gb"],
+    ),
+    (
+        "not enough memory",
+        {"gpu": {"minMemoryMiB": 100000}},
+        {},
+        Reason.GPU_PRODUCT_UNAVAILABLE,
+        ["at least 100000 MiB", "81559 MiB"],
+    ),
+    (
+        "pvc missing",
+        {"model": {"uri": "pvc://models/m"}},
+        {"pvc": None},
+        Reason.MODEL_PVC_NOT_FOUND,
+        ["'models'", "does not exist"],
+    ),
+    (
+        "pvc pending",
+        {"model": {"uri": "pvc://models/m"}},
+        {"pvc": {"metadata": {"name": "models"}, "status": {"phase": "Pending"}}},
+        Reason.MODEL_PVC_NOT_BOUND,
+        ["'models'", "Pending"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "spec", "over", "reason", "words"), JUDGED, ids=[j[0] for j in JUDGED]
+)
+def test_cluster_facts_the_operator_judges(
+    label: str, spec: dict[str, Any], over: dict[str, Any], reason: str, words: list[str]
+) -> None:
+    p = plan(facts(spec, **over), CONFIG)
+    assert [x.reason for x in p.problems] == [reason], label
+    for word in words:
+        assert word in p.problems[0].message, (word, p.problems[0].message)
+    assert p.actions  # still applied: it starts by itself once the cluster has it
+
+
+def test_unknown_nodes_judge_nothing_and_roll_out_conservatively() -> None:
+    p = plan(facts({"gpu": {"products": ["NVIDIA-B200"]}}, nodes=None, gpu_pods=None), CONFIG)
+    assert p.problems == ()
+    assert p.strategy is not None and p.strategy.max_surge == 0
+
+
+# CRD-valid inputs that used to crash the operator: each is now a clear answer.
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"runtime": {"resources": {"cpu": "-1"}}}, "spec.runtime.resources.cpu"),
+        ({"runtime": {"resources": {"cpu": -1}}}, "spec.runtime.resources.cpu"),
+        ({"runtime": {"resources": {"memory": "1e3"}}}, "spec.runtime.resources.memory"),
+        (
+            {"scheduling": {"affinity": {"nodeAffinity": "junk"}}},
+            "spec.scheduling.affinity.nodeAffinity",
+        ),
+        (
+            {
+                "scheduling": {
+                    "affinity": {
+                        "nodeAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": {
+                                "nodeSelectorTerms": "x"
+                            }
+                        }
+                    }
+                }
+            },
+            "nodeSelectorTerms",
+        ),
+        ({"scheduling": {"affinity": "junk"}}, "spec.scheduling.affinity"),
+        ({"scheduling": {"tolerations": ["x"]}}, "spec.scheduling.tolerations[0]"),
+    ],
+)
+def test_bad_inputs_are_invalid_specs_naming_the_field(patch: dict[str, Any], field: str) -> None:
+    p = plan(facts(patch), CONFIG)
+    assert p.invalid is not None and field in str(p.invalid)
+    assert p.actions == ()
+
+
+@pytest.mark.parametrize("cpu", ["1k", "2Gi", "1M", "0.5", "250m", 4])
+def test_valid_quantities_are_accepted(cpu: str | int) -> None:
+    p = plan(facts({"runtime": {"resources": {"cpu": cpu}}}), CONFIG)
+    assert p.invalid is None
+    dep = next(a.desired for a in p.actions if a.kind == "Deployment")
+    assert dep is not None
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert 1 <= int(args[args.index("--threads") + 1]) <= 256
+
+
+def test_non_ascii_values_reach_the_children_unchanged() -> None:
+    p = plan(facts({"scheduling": {"nodeSelector": {"team": "ml-🚀"}}}), CONFIG)
+    dep = next(a.desired for a in p.actions if a.kind == "Deployment")
+    assert dep is not None
+    assert dep["spec"]["template"]["spec"]["nodeSelector"] == {"team": "ml-🚀"}
+
+
+def test_list_paths_take_the_outermost_list() -> None:
+    desired = {"spec": {"a": [{"b": [1, 2]}], "c": {"d": 1}}}
+    live = {"spec": {"a": [{"b": [1, 3]}], "c": {"d": 2}}}
+    diffs = differences(desired, live)
+    assert diffs == ["/spec/a/0/b/1", "/spec/c/d"]
+    assert list_paths(desired, diffs) == ["/spec/a"]
+
+
+def test_owner_references_are_compared_as_a_subset() -> None:
+    ref = {"uid": "u", "kind": "ModelDeployment", "controller": True}
+    desired = {"metadata": {"ownerReferences": [ref]}}
+    live = {"metadata": {"ownerReferences": [{"uid": "other"}, {**ref, "apiVersion": "v"}]}}
+    assert differences(desired, live) == []
+    assert differences(desired, {"metadata": {"ownerReferences": [{"uid": "other"}]}}) == [
+        "/metadata/ownerReferences"
+    ]
