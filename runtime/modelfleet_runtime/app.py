@@ -29,7 +29,7 @@ from .errors import (
     Unavailable,
 )
 from .httpparse import Request
-from .httpserver import HttpServer, Respond, Response
+from .httpserver import HttpServer, Limits, LoopErrorLog, Respond, Response
 from .manifest import Manifest, load_manifest
 from .metrics import Metrics
 from .model import PLATFORMS, LoadOptions, Model, load
@@ -57,6 +57,15 @@ _TRITON_TYPES = {
     "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
     "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BF16": "TYPE_BF16",
 }  # fmt: skip
+
+
+_READ = ("GET", "HEAD")
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    methods: tuple[str, ...]  # also the 405 answer's Allow header
+    handler: Callable[[Request, Respond], None]
 
 
 def error_body(message: str) -> bytes:
@@ -142,72 +151,75 @@ class App:
         self._decoder = concurrent.futures.ThreadPoolExecutor(1, "modelfleet-decode")
         self._decoding = 0  # requests on or waiting for the decode thread
         self.ready = False
-        self._routes: dict[str, Callable[[], Response]] = {
-            "/v2/health/live": lambda: _json(200, {"live": True}),
-            "/v2/health/ready": self._health_ready,
-            "/v2": self._server_metadata,
-            "/metrics": self._metrics,
+
+        def document(make: Callable[[], Response]) -> Route:
+            return Route(_READ, lambda _req, respond: respond(make()))
+
+        self._routes: dict[str, Route] = {
+            "/v2/health/live": document(lambda: _json(200, {"live": True})),
+            "/v2/health/ready": document(self._health_ready),
+            "/v2": document(self._server_metadata),
+            "/metrics": document(self._metrics),
+            # Triton's model repository extension
+            "/v2/repository/index": Route(("POST",), self._repository_index),
+        }
+        self._model_routes: dict[str, Route] = {
+            "": document(lambda: _json(200, self._model_metadata())),
+            "ready": document(self._model_ready),
+            "config": document(lambda: _json(200, self._config())),
+            "infer": Route(("POST",), self._infer),
         }
 
     # -- routing -----------------------------------------------------------------------------
 
     def handle(self, req: Request, respond: Respond) -> None:
-        path = req.path
         try:
-            if path.startswith("/v2/models/"):
-                self._model_route(req, respond, path)
-                return
-            if path == "/v2/repository/index":  # Triton's model repository extension
-                if req.method != "POST":
-                    raise MethodNotAllowed("repository index needs POST")
-                respond(_json(200, [{"name": self.name, "version": self.version,
-                                     "state": "READY" if self.ready else "UNAVAILABLE"}]))
-                return
-            route = self._routes.get(path.rstrip("/") or "/")
-            if route is None:
-                raise NotFound(f"no route for {path}")
-            if req.method not in ("GET", "HEAD"):
-                raise MethodNotAllowed(f"{req.method} not allowed on {path}")
-            respond(route())
+            route = self._route(req.path)
+            if req.method not in route.methods:
+                allow = ", ".join(route.methods)
+                raise MethodNotAllowed(
+                    f"{req.method} not allowed on {req.path}; allowed: {allow}",
+                    headers={"Allow": allow},
+                )
+            route.handler(req, respond)
         except ServingError as exc:
             respond(_error(exc))
 
-    def _model_route(self, req: Request, respond: Respond, path: str) -> None:
+    def _route(self, path: str) -> Route:
+        if not path.startswith("/v2/models/"):
+            route = self._routes.get(path.rstrip("/") or "/")
+            if route is None:
+                raise NotFound(f"no route for {path}")
+            return route
         parts = path[len("/v2/models/") :].split("/")
         name, rest = parts[0], parts[1:]
         version: str | None = None
         if len(rest) >= 2 and rest[0] == "versions":
             version, rest = rest[1], rest[2:]
-        if len(rest) > 1 or (rest and rest[0] not in ("infer", "ready", "config", "")):
+        action = rest[0] if len(rest) == 1 else ""
+        route = self._model_routes.get(action)
+        if len(rest) > 1 or route is None:
             raise NotFound(f"no route for {path}")
-        action = rest[0] if rest else ""
-        infer = action == "infer"
         if name != self.name:
-            if infer:
+            if action == "infer":
                 self.metrics.request_done(404, 0.0)
             raise NotFound(f'unknown model "{name}"; this server serves "{self.name}"')
         if version is not None and version != self.version:
-            if infer:
+            if action == "infer":
                 self.metrics.request_done(404, 0.0)
-            raise NotFound(
-                f'unknown version "{version}" of model "{name}"; served version is '
-                f'"{self.version}"'
-            )
-        if infer:
-            if req.method != "POST":
-                raise MethodNotAllowed("infer needs POST")
-            self._infer(req, respond)
-            return
-        if req.method not in ("GET", "HEAD"):
-            raise MethodNotAllowed(f"{req.method} not allowed on {path}")
-        if action == "ready":
-            respond(_json(200 if self.ready else 503, {
-                "name": self.name, "version": self.version, "ready": self.ready,
-            }))  # fmt: skip
-        elif action == "config":
-            respond(_json(200, self._config()))
-        else:
-            respond(_json(200, self._model_metadata()))
+            served = self.version
+            raise NotFound(f'unknown version "{version}" of model "{name}"; served version is '
+                           f'"{served}"')  # fmt: skip
+        return route
+
+    def _repository_index(self, _req: Request, respond: Respond) -> None:
+        respond(_json(200, [{"name": self.name, "version": self.version,
+                             "state": "READY" if self.ready else "UNAVAILABLE"}]))  # fmt: skip
+
+    def _model_ready(self) -> Response:
+        return _json(200 if self.ready else 503, {
+            "name": self.name, "version": self.version, "ready": self.ready,
+        })  # fmt: skip
 
     # -- infer -------------------------------------------------------------------------------
 
@@ -430,7 +442,16 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
     loop = asyncio.get_running_loop()
     metrics = Metrics(ident.name, ident.version)
     app = App(cfg, ident, metrics, loop)
-    http = HttpServer(app.handle, max_body_bytes=cfg.max_body_bytes, error_body=error_body)
+    loop.set_exception_handler(LoopErrorLog())
+    limits = Limits(
+        max_connections=cfg.max_connections,
+        keepalive_timeout_s=cfg.keepalive_timeout,
+        request_timeout_s=cfg.request_timeout,
+        write_timeout_s=cfg.write_timeout,
+    )
+    http = HttpServer(
+        app.handle, max_body_bytes=cfg.max_body_bytes, error_body=error_body, limits=limits
+    )
 
     def refused(status: int) -> None:
         if status == 413:  # an oversized body is an inference request we turned away
@@ -459,6 +480,8 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
     if not loading.done():
         log.info("stopped while loading")
         http.start_drain()
+        http.close_all()
+        ignore_exit_signals(loop)
         return 0
     try:
         model, seconds = loading.result()
@@ -500,6 +523,8 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
 
     await stopping
     # SIGTERM: not ready at once, stop accepting, answer everything accepted, then exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):  # another signal must not cut the drain short
+        loop.add_signal_handler(sig, log.info, "already draining: signal %d ignored", sig)
     app.ready = False
     metrics.ready.set(0)
     http.start_drain()
@@ -515,10 +540,20 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
         await asyncio.sleep(0.005)
     if http.inflight:
         log.warning("drain timeout: %d requests unanswered", http.inflight)
-    http.close_all()
+    http.close_all()  # abort(): a client that reads nothing must not hold the exit up
     batcher.stop(timeout=max(0.0, deadline - loop.time()))
+    ignore_exit_signals(loop)
     log.info("drained; exiting")
     return 0
+
+
+def ignore_exit_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """From here to the exit a SIGTERM (the kubelet's second one, a supervisor's) must not
+    kill the process with 143: the exit status is the drain's. Closing the loop would put
+    the default handlers back, so take ours out of its hands first."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def run(cfg: ServeConfig) -> int:

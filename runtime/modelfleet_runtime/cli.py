@@ -31,8 +31,15 @@ def _positive_int(text: str) -> int:
 
 def _non_negative_float(text: str) -> float:
     value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not 0 <= value < float("inf"):  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {value}")
     return value
 
 
@@ -93,36 +100,133 @@ def _serve_parser(sub: Any) -> None:
         description="Serve the model in --model-dir (described by its model.yaml) over HTTP.",
     )
     d = ServeConfig(model_dir=Path("."))
-    _add(p, "--model-dir", "directory holding model.yaml and the weights", type=Path,
-         required=True, metavar="DIR")
+    _add(
+        p,
+        "--model-dir",
+        "directory holding model.yaml and the weights",
+        type=Path,
+        required=True,
+        metavar="DIR",
+    )
     _add(p, "--name", "served model name (default: model.yaml name, else the directory name)")
     _add(p, "--version", "served model version (default: model.yaml version, else 1)")
-    _add(p, "--format", "model format, overrides model.yaml",
-         choices=("torchscript", "torch-export", "safetensors"))
-    _add(p, "--entrypoint", "module:callable that builds the module for safetensors weights",
-         metavar="MODULE:CALLABLE")
-    _add(p, "--digest", "expected sha256 of the weights file; a mismatch refuses to start",
-         type=_digest, metavar="sha256:HEX")
-    _add(p, "--device", "where to run the model", default=d.device,
-         choices=("auto", "cpu", "cuda"))
-    _add(p, "--dtype", "cast the model's floating point weights and inputs (default: as saved)",
-         choices=("float32", "float16", "bfloat16"))
-    _add(p, "--max-batch-size", "most rows merged into one forward pass (1 = no batching)",
-         type=_positive_int, default=d.max_batch_size, metavar="N")
-    _add(p, "--max-batch-delay-ms", "longest a request waits for companions under concurrent "
-         "load", type=_non_negative_float, default=d.max_batch_delay_ms, metavar="MS")
-    _add(p, "--max-queue-size", "requests allowed to wait; more are refused at once",
-         type=_positive_int, default=d.max_queue_size, metavar="N")
+    _add(
+        p,
+        "--format",
+        "model format, overrides model.yaml",
+        choices=("torchscript", "torch-export", "safetensors"),
+    )
+    _add(
+        p,
+        "--entrypoint",
+        "module:callable that builds the module for safetensors weights",
+        metavar="MODULE:CALLABLE",
+    )
+    _add(
+        p,
+        "--digest",
+        "expected sha256 of the weights file; a mismatch refuses to start",
+        type=_digest,
+        metavar="sha256:HEX",
+    )
+    _add(p, "--device", "where to run the model", default=d.device, choices=("auto", "cpu", "cuda"))
+    _add(
+        p,
+        "--dtype",
+        "cast the model's floating point weights and inputs (default: as saved)",
+        choices=("float32", "float16", "bfloat16"),
+    )
+    _add(
+        p,
+        "--max-batch-size",
+        "most rows merged into one forward pass (1 = no batching)",
+        type=_positive_int,
+        default=d.max_batch_size,
+        metavar="N",
+    )
+    _add(
+        p,
+        "--max-batch-delay-ms",
+        "longest a request waits for companions under concurrent load",
+        type=_non_negative_float,
+        default=d.max_batch_delay_ms,
+        metavar="MS",
+    )
+    _add(
+        p,
+        "--max-queue-size",
+        "requests allowed to wait; more are refused at once",
+        type=_positive_int,
+        default=d.max_queue_size,
+        metavar="N",
+    )
     _add(p, "--host", "address to listen on", default=d.host)
     _add(p, "--port", "port to listen on", type=_port, default=d.port)
-    _add(p, "--drain-timeout", "seconds to answer accepted requests after SIGTERM",
-         type=_non_negative_float, default=d.drain_timeout, metavar="SECONDS")
-    _add(p, "--max-body-bytes", "largest request body accepted (larger: 413)",
-         type=_positive_int, default=d.max_body_bytes, metavar="N")
-    _add(p, "--overload-status", "status answered when the queue is full", type=int,
-         default=d.overload_status, choices=(503, 429))
-    _add(p, "--threads", "torch intra-op threads (default: torch's choice)",
-         type=_positive_int, metavar="N")
+    _add(
+        p,
+        "--drain-timeout",
+        "seconds to answer accepted requests after SIGTERM",
+        type=_non_negative_float,
+        default=d.drain_timeout,
+        metavar="SECONDS",
+    )
+    _add(
+        p,
+        "--max-body-bytes",
+        "largest request body accepted (larger: 413)",
+        type=_positive_int,
+        default=d.max_body_bytes,
+        metavar="N",
+    )
+    _add(
+        p,
+        "--max-connections",
+        "most client connections held open; past it the longest-idle "
+        "keep-alive one is closed, or the newcomer gets 503 (lowered to fit the descriptor "
+        "limit)",
+        type=_positive_int,
+        default=d.max_connections,
+        metavar="N",
+    )
+    _add(
+        p,
+        "--keepalive-timeout",
+        "seconds an idle keep-alive connection stays open",
+        type=_positive_float,
+        default=d.keepalive_timeout,
+        metavar="SECONDS",
+    )
+    _add(
+        p,
+        "--request-timeout",
+        "seconds a request (head and body) may take to arrive; later: 408",
+        type=_positive_float,
+        default=d.request_timeout,
+        metavar="SECONDS",
+    )
+    _add(
+        p,
+        "--write-timeout",
+        "seconds a client may leave answers unread before it is disconnected",
+        type=_positive_float,
+        default=d.write_timeout,
+        metavar="SECONDS",
+    )
+    _add(
+        p,
+        "--overload-status",
+        "status answered when the queue is full",
+        type=int,
+        default=d.overload_status,
+        choices=(503, 429),
+    )
+    _add(
+        p,
+        "--threads",
+        "torch intra-op threads (default: torch's choice)",
+        type=_positive_int,
+        metavar="N",
+    )
     _add(p, "--log-level", "logging level", default=d.log_level,
          choices=("debug", "info", "warning", "error"))  # fmt: skip
 
@@ -169,6 +273,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         port=args.port,
         drain_timeout=args.drain_timeout,
         max_body_bytes=args.max_body_bytes,
+        max_connections=args.max_connections,
+        keepalive_timeout=args.keepalive_timeout,
+        request_timeout=args.request_timeout,
+        write_timeout=args.write_timeout,
         overload_status=args.overload_status,
         threads=args.threads,
         log_level=args.log_level,

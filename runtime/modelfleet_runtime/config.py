@@ -28,6 +28,10 @@ class ServeConfig:
     port: int = 8080
     drain_timeout: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
+    max_connections: int = 1000
+    keepalive_timeout: float = 75.0
+    request_timeout: float = 30.0
+    write_timeout: float = 30.0
     overload_status: int = 503
     threads: int | None = None
     log_level: str = "info"

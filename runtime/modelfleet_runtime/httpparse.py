@@ -1,19 +1,33 @@
-"""A small, strict HTTP/1.1 request parser (no I/O): Content-Length and chunked bodies,
-keep-alive, pipelining, ``Expect: 100-continue``, size limits.
+"""HTTP/1.1 request parsing (no I/O): llhttp frames the bytes, this module adds what a
+server must check that llhttp leaves to its caller, and a pull interface.
 
-Strictness is deliberate: ambiguous framing (both Content-Length and Transfer-Encoding,
-conflicting lengths, whitespace before a header colon, obsolete line folding) is refused
-because that is what request smuggling is made of.
+llhttp (through httptools, the parser uvicorn and Node.js use) does the framing: request
+line, header syntax, Content-Length and chunked bodies, and it refuses what request
+smuggling is made of (Content-Length with Transfer-Encoding, duplicate or non-digit lengths,
+obsolete line folding, bare CR/LF, control characters in the target and in header values).
+On top of that, the RFC 9112 rules llhttp does not apply: exactly one ``Host`` in HTTP/1.1,
+HTTP/1.0 and 1.1 only, ``chunked`` as the only transfer coding, ``Expect: 100-continue`` as the
+only expectation; and size limits.
+
+The interface is pull: ``feed()`` stores bytes, ``next()`` parses only as far as the next
+complete request. A connection that stops asking (its client pipelines faster than it
+reads) stops the parsing too, not just the reading: input is handed to llhttp in slices of at
+most ``_SLICE`` bytes (a body of known length in one piece), so at most one slice's requests
+are parsed ahead of what the server asked for.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_HEX = re.compile(rb"^[0-9A-Fa-f]{1,16}$")
-_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER = range(6)
+import httptools
+
+_SLICE = 4096
+# RFC 9110 5.5: field values are VCHAR / obs-text with SP and HTAB inside; llhttp refuses
+# the other control characters already, this is the same rule for values llhttp lets by.
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class HttpError(Exception):
@@ -39,7 +53,26 @@ class Request:
         return self.target.partition("?")[0]
 
 
+def _llhttp_error(exc: httptools.HttpParserError) -> HttpError:
+    """The status and message for a request llhttp refused."""
+    context = exc.__context__
+    if isinstance(context, HttpError):  # raised by one of our callbacks
+        return context
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, httptools.HttpParserInvalidMethodError):
+        return HttpError(400, "malformed request: invalid or unsupported request method")
+    if reason in ("Invalid HTTP version", "Expected dot"):
+        return HttpError(505, "HTTP version not supported: use HTTP/1.1 or HTTP/1.0")
+    if reason == "Pause on PRI/Upgrade":
+        return HttpError(505, "HTTP/2 is not supported here: use HTTP/1.1")
+    if "Content-Length" in reason:
+        return HttpError(400, f"invalid Content-Length: {reason}")
+    return HttpError(400, f"malformed request: {reason}")
+
+
 class RequestParser:
+    """Turns a connection's byte stream into ``Request``s; raises ``HttpError``."""
+
     def __init__(
         self,
         *,
@@ -50,165 +83,160 @@ class RequestParser:
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
-        self._buf = bytearray()
+        self._llhttp = httptools.HttpRequestParser(self)
+        self._data = memoryview(b"")
         self._pos = 0
-        self._state = _HEAD
+        self._ready: collections.deque[Request] = collections.deque()
+        self._error: HttpError | None = None
+        # The message being read: begun (a request line started), head done, body so far.
+        self._begun = False
+        self._head_done = False
+        # Bytes fed since the last request ended (less what followed it in the same slice):
+        # bounds a head still arriving, which llhttp's callbacks show only field by field.
+        self._head_bytes = 0
+        self._url: list[bytes] = []
+        self._headers: dict[str, str] = {}
+        self._count = 0
+        self._exact = 0  # bytes of the target and the complete header fields
+        self._body = bytearray()
+        self._body_left = -1  # bytes of a Content-Length body still to come; -1 otherwise
         self._current: Request | None = None
-        self._remaining = 0
-        # Set when the request being read asked for "100 Continue" and its body is not in yet.
+        # Set while the request being read asked for "100 Continue" and its body is not in
+        # yet; the connection clears it once it has sent the go-ahead.
         self.expects_continue = False
 
     @property
     def idle(self) -> bool:
         """No partial request buffered (safe to close a keep-alive connection)."""
-        return self._state == _HEAD and self._pos >= len(self._buf)
+        return not self._begun and not self._ready and self._pos >= len(self._data)
 
     def feed(self, data: bytes) -> None:
-        if self._pos and self._pos >= len(self._buf) // 2:
-            del self._buf[: self._pos]  # compact occasionally, not on every request
-            self._pos = 0
-        self._buf += data
+        if self._pos < len(self._data):
+            self._data = memoryview(bytes(self._data[self._pos :]) + data)
+        else:
+            self._data = memoryview(data)
+        self._pos = 0
 
     def next(self) -> Request | None:
         """The next complete request, or None until more data arrives. Raises HttpError."""
-        while True:
-            state = self._state
-            if state == _HEAD:
-                if not self._read_head():
-                    return None
-            elif state == _BODY:
-                req = self._current
-                assert req is not None
-                end = self._pos + self._remaining
-                if end > len(self._buf):
-                    return None
-                req.body = self._buf[self._pos : end]
-                self._pos = end
-                return self._finish()
-            elif state == _CHUNK_SIZE:
-                line = self._line()
-                if line is None:
-                    return None
-                size_text = line.split(b";", 1)[0].strip()
-                if not _HEX.match(size_text):
-                    raise HttpError(400, "invalid chunk size")
-                size = int(size_text, 16)
-                req = self._current
-                assert req is not None
-                if len(req.body) + size > self.max_body_bytes:
-                    raise HttpError(413, f"request body exceeds {self.max_body_bytes} bytes")
-                self._remaining = size
-                self._state = _CHUNK_DATA if size else _TRAILER
-            elif state == _CHUNK_DATA:
-                end = self._pos + self._remaining
-                if end > len(self._buf):
-                    return None
-                req = self._current
-                assert req is not None
-                req.body += self._buf[self._pos : end]
-                self._pos = end
-                self._state = _CHUNK_END
-            elif state == _CHUNK_END:
-                line = self._line()
-                if line is None:
-                    return None
-                if line:
-                    raise HttpError(400, "chunk data not followed by CRLF")
-                self._state = _CHUNK_SIZE
-            else:  # _TRAILER: ignore trailer fields up to the empty line
-                line = self._line()
-                if line is None:
-                    return None
-                if not line:
-                    return self._finish()
+        ready = self._ready
+        while not ready:
+            if self._error is not None:
+                raise self._error
+            data = self._data
+            start = self._pos
+            if start >= len(data):
+                return None
+            size = _SLICE if self._body_left < 0 else self._body_left + _SLICE
+            piece = data[start : start + size]
+            self._pos = start + len(piece)
+            if not self._head_done:
+                self._head_bytes += len(piece)
+            try:
+                self._llhttp.feed_data(piece)
+            except httptools.HttpParserUpgrade as exc:
+                self._upgrade(start + int(exc.args[0]))
+            except httptools.HttpParserError as exc:
+                self._error = _llhttp_error(exc)
+            if not self._head_done and self._head_bytes > self.max_header_bytes:
+                self._error = self._error or HttpError(431, "request header section too large")
+        return ready.popleft()
 
-    def _line(self) -> bytes | None:
-        end = self._buf.find(b"\r\n", self._pos)
-        if end < 0:
-            if len(self._buf) - self._pos > 4096:
-                raise HttpError(400, "line too long in chunked body")
-            return None
-        line = bytes(self._buf[self._pos : end])
-        self._pos = end + 2
-        return line
+    def _upgrade(self, resume_at: int) -> None:
+        """llhttp stops after a request asking to switch protocols. We never switch: the
+        answer is an ordinary HTTP/1.1 one and the connection goes on being HTTP/1.1."""
+        self._pos = resume_at
 
-    def _finish(self) -> Request:
+    # -- llhttp callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._begun = True
+        self._url = []
+        self._headers = {}
+        self._count = 0
+        self._exact = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._exact += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count += 1
+        if self._count > self.max_headers:
+            raise HttpError(431, f"more than {self.max_headers} header fields")
+        self._exact += len(name) + len(value) + 4  # exact: callbacks see whole fields
+        if self._exact > self.max_header_bytes:
+            raise HttpError(431, "request header section too large")
+        value = value.rstrip(b" \t")
+        if _BAD_VALUE.search(value):
+            raise HttpError(400, "control character in a header value")
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers = self._headers
+        if key in headers:
+            if key == "host":
+                raise HttpError(400, "more than one Host header")
+            headers[key] = f"{headers[key]}, {text}"
+        else:
+            headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
+        llhttp = self._llhttp
+        version = llhttp.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise HttpError(505, "HTTP version not supported: use HTTP/1.1 or HTTP/1.0")
+        method = llhttp.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise HttpError(501, "CONNECT is not supported")
+        headers = self._headers
+        te = headers.get("transfer-encoding")
+        cl = headers.get("content-length")
+        self._body_left = -1
+        if te is not None:
+            if version == "1.0":
+                raise HttpError(400, "chunked encoding in an HTTP/1.0 request")
+            if te.strip().lower() != "chunked":
+                raise HttpError(501, f"unsupported Transfer-Encoding {te!r}: only chunked")
+        elif cl is not None:  # llhttp has checked: one value, ASCII digits only
+            length = int(cl)
+            if length > self.max_body_bytes:
+                raise HttpError(413, f"request body exceeds {self.max_body_bytes} bytes")
+            self._body_left = length
+        if "host" not in headers and version == "1.1":
+            raise HttpError(400, "missing Host header (required in HTTP/1.1)")
+        if llhttp.should_upgrade() and (te is not None or self._body_left > 0):
+            # llhttp would leave such a body unread: refuse rather than misframe it.
+            raise HttpError(400, "a protocol upgrade request cannot carry a body here")
+        expect = headers.get("expect")
+        if expect is not None:
+            if expect.strip().lower() != "100-continue":
+                raise HttpError(417, f"unsupported Expect {expect!r}")
+            self.expects_continue = version == "1.1" and (te is not None or self._body_left > 0)
+        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        keep_alive = "close" not in tokens if version == "1.1" else "keep-alive" in tokens
+        try:
+            target = b"".join(self._url).decode("ascii")
+        except UnicodeDecodeError:  # llhttp refuses these already; kept as a guard
+            raise HttpError(400, "non-ASCII request target") from None
+        self._body = bytearray()
+        self._current = Request(method, target, f"HTTP/{version}", headers, self._body,
+                                keep_alive)  # fmt: skip
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+        if self._body_left >= 0:
+            self._body_left -= len(body)
+        elif len(self._body) > self.max_body_bytes:
+            raise HttpError(413, f"request body exceeds {self.max_body_bytes} bytes")
+
+    def on_message_complete(self) -> None:
         req = self._current
         assert req is not None
         self._current = None
-        self._state = _HEAD
+        self._begun = False
+        self._head_done = False
+        self._body_left = -1
+        self._head_bytes = 0
         self.expects_continue = False
-        return req
-
-    def _read_head(self) -> bool:
-        buf = self._buf
-        # RFC 9112 2.2: ignore empty lines before a request line.
-        while buf.startswith(b"\r\n", self._pos):
-            self._pos += 2
-        end = buf.find(b"\r\n\r\n", self._pos)
-        if end < 0:
-            if len(buf) - self._pos > self.max_header_bytes:
-                raise HttpError(431, "request header section too large")
-            return False
-        if end - self._pos > self.max_header_bytes:
-            raise HttpError(431, "request header section too large")
-        lines = bytes(buf[self._pos : end]).split(b"\r\n")
-        self._pos = end + 4
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or not _TOKEN.match(parts[0]) or not parts[1]:
-            raise HttpError(400, "malformed request line")
-        method, target, version = parts
-        if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-            raise HttpError(505 if version.startswith(b"HTTP/") else 400, "unsupported version")
-        if len(lines) - 1 > self.max_headers:
-            raise HttpError(431, "too many header fields")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not _TOKEN.match(name):
-                raise HttpError(400, "malformed header field")
-            key = name.decode("ascii").lower()
-            text = value.strip(b" \t").decode("latin-1")
-            if "\r" in text or "\n" in text or "\0" in text:
-                raise HttpError(400, "invalid character in header value")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        try:
-            target_text = target.decode("ascii")
-        except UnicodeDecodeError:
-            raise HttpError(400, "non-ASCII request target") from None
-        conn = headers.get("connection", "").lower()
-        keep_alive = "close" not in conn if version == b"HTTP/1.1" else "keep-alive" in conn
-        req = Request(method.decode("ascii"), target_text, version.decode(), headers,
-                      bytearray(), keep_alive)  # fmt: skip
-        self._current = req
-        te = headers.get("transfer-encoding")
-        cl = headers.get("content-length")
-        if te is not None:
-            if cl is not None:
-                raise HttpError(400, "both Content-Length and Transfer-Encoding given")
-            if te.lower() != "chunked":
-                raise HttpError(501, f"unsupported Transfer-Encoding {te!r}")
-            if version == b"HTTP/1.0":
-                raise HttpError(400, "chunked encoding in an HTTP/1.0 request")
-            self._state = _CHUNK_SIZE
-        elif cl is not None:
-            values = {v.strip() for v in cl.split(",")}
-            if len(values) != 1:
-                raise HttpError(400, "conflicting Content-Length values")
-            text_len = values.pop()
-            if not text_len.isdigit() or len(text_len) > 18:
-                raise HttpError(400, "invalid Content-Length")
-            length = int(text_len)
-            if length > self.max_body_bytes:
-                raise HttpError(413, f"request body exceeds {self.max_body_bytes} bytes")
-            self._remaining = length
-            self._state = _BODY
-        else:
-            self._state = _BODY
-            self._remaining = 0
-        expect = headers.get("expect")
-        if expect is not None:
-            if expect.lower() != "100-continue":
-                raise HttpError(417, f"unsupported Expect {expect!r}")
-            self.expects_continue = version == b"HTTP/1.1"
-        return True
+        self._ready.append(req)
