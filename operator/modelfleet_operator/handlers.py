@@ -43,6 +43,15 @@ CHILDREN = {
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
 }
+# Everything watched: (group, version, plural). The chart's RBAC grants list+watch on each
+# (tests/unit/test_chart_render.py checks).
+WATCHED = (
+    MD,
+    *CHILDREN.values(),
+    ("", "v1", "pods"),
+    ("", "v1", "nodes"),
+    ("", "v1", "persistentvolumeclaims"),
+)
 INDEX = {
     "ModelDeployment": "mf_mds",
     "Deployment": "mf_deployments",
