@@ -223,7 +223,7 @@ def _serve_parser(sub: Any) -> None:
     _add(
         p,
         "--threads",
-        "torch intra-op threads (default: torch's choice)",
+        "torch intra-op threads (default: the CPUs the cgroup quota and affinity allow)",
         type=_positive_int,
         metavar="N",
     )

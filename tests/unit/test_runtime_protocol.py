@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
-from modelfleet_runtime.errors import BadRequest, LoadError
+from modelfleet_runtime.errors import BadRequest, LoadError, PayloadTooLarge
 from modelfleet_runtime.manifest import parse_manifest
-from modelfleet_runtime.protocol import decode_infer, encode_response
+from modelfleet_runtime.protocol import decode_infer, decompress, encode_response
 from modelfleet_runtime.safetensors_io import read_safetensors
 from safetensors.torch import save_file
 
@@ -67,8 +69,10 @@ def test_decode_mixed_json_and_binary() -> None:
 
 
 def test_decode_errors() -> None:
-    header = (b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]},'
-              b'{"name":"ids","datatype":"INT64","shape":[1,1],"data":[1]}]}')
+    header = (
+        b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]},'
+        b'{"name":"ids","datatype":"INT64","shape":[1,1],"data":[1]}]}'
+    )
     with pytest.raises(BadRequest, match="2 bytes of binary data not claimed"):
         decode_infer(header + b"xx", len(header), MANIFEST)
     with pytest.raises(BadRequest, match="timeout"):
@@ -113,11 +117,93 @@ def test_safetensors_reader_round_trip_and_refusals(tmp_path: Path) -> None:
 def test_json_the_strict_parser_refuses_still_decodes() -> None:
     # NaN/Infinity (what Python clients such as tritonclient write for float NaNs) and
     # integers beyond 64 bits are not strict JSON; they must decode as before.
-    body = (b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[NaN,-Infinity]},'
-            b'{"name":"ids","datatype":"INT64","shape":[1,1],"data":[3]}],'
-            b'"parameters":{"big":123456789012345678901234567890}}')
+    body = (
+        b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[NaN,-Infinity]},'
+        b'{"name":"ids","datatype":"INT64","shape":[1,1],"data":[3]}],'
+        b'"parameters":{"big":123456789012345678901234567890}}'
+    )
     req = decode_infer(body, None, MANIFEST)
     x = req.inputs[0]
     assert torch.isnan(x[0, 0]) and x[0, 1].item() == float("-inf")
     with pytest.raises(BadRequest, match="malformed JSON"):
         decode_infer(b'{"inputs": [', None, MANIFEST)
+
+
+def one_row(**extra: object) -> bytes:
+    return json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]},
+        {"name": "ids", "datatype": "INT64", "shape": [1, 1], "data": [1]},
+    ], **extra}).encode()  # fmt: skip
+
+
+def test_encoded_answers_are_strict_json_with_null_for_non_finite_values() -> None:
+    req = decode_infer(one_row(id="r1"), None, MANIFEST)
+    values = torch.tensor([float("nan"), float("inf"), float("-inf"), 1.5])
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        body, header_len = encode_response(
+            "m", "1", req, [values.to(dtype), torch.tensor([True, False])], MANIFEST
+        )
+        assert header_len is None
+        doc = json.loads(body, parse_constant=lambda token: pytest.fail(f"{token} in answer"))
+        assert doc["id"] == "r1"
+        assert doc["outputs"][0]["data"] == [None, None, None, 1.5]
+        assert doc["outputs"][1]["data"] == [True, False]
+
+
+def test_answer_size_bound() -> None:
+    req = decode_infer(one_row(), None, MANIFEST)
+    outputs = [torch.zeros(1000), torch.zeros(1000, dtype=torch.bool)]
+    body, _ = encode_response("m", "1", req, outputs, MANIFEST, max_bytes=20_000)
+    assert len(body) <= 20_000
+    with pytest.raises(PayloadTooLarge, match="exceeds the 3000-byte limit"):
+        encode_response("m", "1", req, outputs, MANIFEST, max_bytes=3000)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"outputs": [{"name": "y"}, {"name": "y"}]}, 'output "y" is requested more than once'),
+        ({"outputs": [{"name": 5}]}, 'unknown output "5"'),
+        ({"id": 7}, "'id' must be a string (got a JSON number)"),
+        ({"id": ["a"]}, "'id' must be a string (got a JSON array)"),
+        ({"parameters": [1]}, "'parameters' must be a JSON object"),
+        ({"parameters": {"timeout": 2**64}}, "parameter 'timeout'"),
+        ({"parameters": {"timeout": -1}}, "parameter 'timeout'"),
+    ],
+)
+def test_request_fields_are_validated(extra: dict[str, object], needle: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        decode_infer(one_row(**extra), None, MANIFEST)
+    assert needle in str(err.value)
+
+
+def test_rows_above_the_limit_are_refused() -> None:
+    assert decode_infer(one_row(), None, MANIFEST, max_rows=1).rows == 1
+    body = json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [3, 2], "data": [1] * 6},
+        {"name": "ids", "datatype": "INT64", "shape": [3, 1], "data": [1] * 3},
+    ]}).encode()  # fmt: skip
+    with pytest.raises(BadRequest, match="3 rows exceed this server's max batch size of 2"):
+        decode_infer(body, None, MANIFEST, max_rows=2)
+    empty = json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [0, 2], "data": []},
+        {"name": "ids", "datatype": "INT64", "shape": [0, 1], "data": []},
+    ]}).encode()  # fmt: skip
+    req = decode_infer(empty, None, MANIFEST, max_rows=2)
+    assert req.rows == 0 and req.inputs[0].shape == (0, 2)
+
+
+def test_decompress_members_and_limits() -> None:
+    body = one_row()
+    two = gzip.compress(body[:10]) + gzip.compress(body[10:])
+    assert decompress(bytearray(two), "gzip", 1 << 20) == body
+    assert decompress(bytearray(zlib.compress(body)), "deflate", 1 << 20) == body
+    raw = zlib.compressobj(wbits=-15)
+    raw_deflate = raw.compress(body) + raw.flush()
+    assert decompress(bytearray(raw_deflate), "deflate", 1 << 20) == body
+    with pytest.raises(PayloadTooLarge):
+        decompress(bytearray(gzip.compress(b"0" * 5000) * 3), "gzip", 12_000)
+    with pytest.raises(BadRequest, match="after the end of the deflate stream"):
+        decompress(bytearray(zlib.compress(body) + b"x"), "deflate", 1 << 20)
+    with pytest.raises(BadRequest, match="truncated"):
+        decompress(bytearray(gzip.compress(body)[:-4]), "gzip", 1 << 20)
