@@ -16,7 +16,13 @@ from torch import nn
 
 SEED = 1234
 # (input shape without batch axis, output width)
-MODELS: dict[str, tuple[tuple[int, ...], int]] = {"mlp": ((64,), 10), "cnn": ((3, 64, 64), 10)}
+MODELS: dict[str, tuple[tuple[int, ...], int]] = {
+    "mlp": ((64,), 10),
+    "cnn": ((3, 64, 64), 10),
+    # real payloads (issue 15): 1024 values in and out; an image-sized input with 1000 classes
+    "mlp1024": ((1024,), 1024),
+    "image": ((3, 224, 224), 1000),
+}
 INPUT, OUTPUT = "input", "output"
 
 
@@ -28,6 +34,17 @@ def build(kind: str) -> Any:
     torch.manual_seed(SEED)
     if kind == "mlp":
         net: nn.Module = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    elif kind == "mlp1024":  # 4 layers of 1024x1024, as bench/runtime.py --suite payloads
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Linear(1024, 1024)] + ([nn.ReLU()] if i < 3 else [])
+        net = nn.Sequential(*layers)
+    elif kind == "image":  # a small conv net on 3x224x224, 1000 classes
+        net = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(64, 1000),
+        )  # fmt: skip
     else:
         net = _resnet18()
     net.eval()
