@@ -23,31 +23,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="modelfleet-operator",
         description="Reconcile ModelDeployments (modelfleet.io/v1alpha1) into GPU-scheduled "
-                    "serving Deployments, Services, PodDisruptionBudgets and HPAs.")
+        "serving Deployments, Services, PodDisruptionBudgets and HPAs.",
+    )
     scope = p.add_mutually_exclusive_group(required=True)
-    scope.add_argument("-n", "--namespace", action="append", metavar="NS",
-                       help="watch this namespace (repeatable; a glob such as ml-* works)")
-    scope.add_argument("-A", "--all-namespaces", action="store_true",
-                       help="watch every namespace")
-    p.add_argument("--runtime-image",
-                   default=os.environ.get("MODELFLEET_RUNTIME_IMAGE", DEFAULT_RUNTIME_IMAGE),
-                   help="serving image for ModelDeployments that do not set "
-                        "spec.runtime.image [env MODELFLEET_RUNTIME_IMAGE] (default: %(default)s)")
-    p.add_argument("--runtime-image-pull-policy",
-                   default=os.environ.get("MODELFLEET_RUNTIME_IMAGE_PULL_POLICY", "IfNotPresent"),
-                   choices=("Always", "IfNotPresent", "Never"),
-                   help="pull policy of that image [env MODELFLEET_RUNTIME_IMAGE_PULL_POLICY]")
-    p.add_argument("--liveness", metavar="URL", default="http://0.0.0.0:8080/healthz",
-                   help="kopf's liveness endpoint ('' disables) (default: %(default)s)")
-    p.add_argument("--metrics-port", type=int, default=9090,
-                   help="port of the operator's Prometheus /metrics (0 disables)")
-    p.add_argument("--resync-seconds", type=float, default=300.0,
-                   help="re-plan every ModelDeployment this often from the watches' view "
-                        "(no API request when converged; drift itself is seen at once)")
-    p.add_argument("--workers", type=int, default=16,
-                   help="ModelDeployments reconciled concurrently (asyncio tasks)")
-    p.add_argument("--kubeconfig", default=None,
-                   help="kubeconfig path (default: in-cluster, else $KUBECONFIG)")
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="watch this namespace (repeatable; a glob such as ml-* works)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    p.add_argument(
+        "--runtime-image",
+        default=os.environ.get("MODELFLEET_RUNTIME_IMAGE", DEFAULT_RUNTIME_IMAGE),
+        help="serving image for ModelDeployments that do not set "
+        "spec.runtime.image [env MODELFLEET_RUNTIME_IMAGE] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--runtime-image-pull-policy",
+        default=os.environ.get("MODELFLEET_RUNTIME_IMAGE_PULL_POLICY", "IfNotPresent"),
+        choices=("Always", "IfNotPresent", "Never"),
+        help="pull policy of that image [env MODELFLEET_RUNTIME_IMAGE_PULL_POLICY]",
+    )
+    p.add_argument(
+        "--liveness",
+        metavar="URL",
+        default="http://0.0.0.0:8080/healthz",
+        help="kopf's liveness endpoint ('' disables) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        help="port of the operator's Prometheus /metrics (0 disables)",
+    )
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=300.0,
+        help="re-plan every ModelDeployment this often from the watches' view "
+        "(no API request when converged; drift itself is seen at once)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=16,
+        help="ModelDeployments reconciled concurrently (asyncio tasks)",
+    )
+    p.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig path (default: in-cluster, else $KUBECONFIG)"
+    )
     p.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
     level = p.add_mutually_exclusive_group()
     level.add_argument("-v", "--verbose", action="store_true")
@@ -62,7 +88,8 @@ def settings() -> kopf.OperatorSettings:
     # objects; were that to change, its keys would be ours, not kopf.zalando.org/*.
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelfleet.io")
     s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="modelfleet.io", key="last-handled-configuration")
+        prefix="modelfleet.io", key="last-handled-configuration"
+    )
     # The reconciler posts one Event per condition transition; kopf adds only failures.
     s.posting.level = logging.WARNING
     # Server-side watch timeouts keep watches fresh through apiserver restarts.
@@ -73,8 +100,12 @@ def settings() -> kopf.OperatorSettings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    kopf.configure(debug=args.debug, verbose=args.verbose, quiet=args.quiet,
-                   log_format=kopf.LogFormat[args.log_format.upper()])
+    kopf.configure(
+        debug=args.debug,
+        verbose=args.verbose,
+        quiet=args.quiet,
+        log_format=kopf.LogFormat[args.log_format.upper()],
+    )
     if not (args.verbose or args.debug):
         # kopf logs every handler call at INFO (one line per pod event); the reconciler
         # logs what matters: condition transitions, prunes, strategy changes.
@@ -90,9 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runtime = handlers.Runtime(
         kube_factory=kube,
-        config=RenderConfig(runtime_image=args.runtime_image,
-                            image_pull_policy=args.runtime_image_pull_policy),
-        metrics=metrics, workers=args.workers, resync_seconds=args.resync_seconds)
+        config=RenderConfig(
+            runtime_image=args.runtime_image, image_pull_policy=args.runtime_image_pull_policy
+        ),
+        metrics=metrics,
+        workers=args.workers,
+        resync_seconds=args.resync_seconds,
+    )
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
     # One replica: kopf's peering pauses equal-priority peers instead of electing a

@@ -53,16 +53,18 @@ def pod_usage(pod: Mapping[str, Any], resource: str) -> int:
 
     def amount(c: Mapping[str, Any]) -> int:
         res = c.get("resources") or {}
-        return _int((res.get("limits") or {}).get(resource)
-                    or (res.get("requests") or {}).get(resource))
+        return _int(
+            (res.get("limits") or {}).get(resource) or (res.get("requests") or {}).get(resource)
+        )
 
     main = sum(amount(c) for c in spec.get("containers") or [])
     init = max((amount(c) for c in spec.get("initContainers") or []), default=0)
     return max(main, init)
 
 
-def gpu_capacity(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]],
-                 gpu: GPUSpec) -> GPUCapacity:
+def gpu_capacity(
+    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], gpu: GPUSpec
+) -> GPUCapacity:
     node_list = list(nodes)
     used: dict[str, int] = {}
     for pod in pods:
@@ -84,5 +86,4 @@ def gpu_capacity(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str,
         free = max(0, alloc - used.get(name, 0))
         free_max = max(free_max, free)
         spare += free // max(1, gpu.quantity)
-    return GPUCapacity(nodes=len(node_list), offering=offering, spare_pods=spare,
-                       free_max=free_max)
+    return GPUCapacity(nodes=len(node_list), offering=offering, spare_pods=spare, free_max=free_max)

@@ -62,12 +62,22 @@ def number(desc: str, **kw: Any) -> Schema:
 def quantity(desc: str, **kw: Any) -> Schema:
     # Quantities stay strings here so CEL and printing are predictable; "2" and 2 both parse.
     # The pattern only applies to the string form; integers are always valid quantities.
-    return {"x-kubernetes-int-or-string": True, "description": desc,
-            "pattern": QUANTITY_PATTERN, **kw}
+    return {
+        "x-kubernetes-int-or-string": True,
+        "description": desc,
+        "pattern": QUANTITY_PATTERN,
+        **kw,
+    }
 
 
-def obj(desc: str, props: dict[str, Schema], *, required: list[str] | None = None,
-        rules: list[dict[str, str]] | None = None, **kw: Any) -> Schema:
+def obj(
+    desc: str,
+    props: dict[str, Schema],
+    *,
+    required: list[str] | None = None,
+    rules: list[dict[str, str]] | None = None,
+    **kw: Any,
+) -> Schema:
     out: Schema = {"type": "object", "description": desc, "properties": props, **kw}
     if required:
         out["required"] = required
@@ -76,8 +86,9 @@ def obj(desc: str, props: dict[str, Schema], *, required: list[str] | None = Non
     return out
 
 
-def rule(expr: str, message: str, field_path: str | None = None, reason: str | None = None
-         ) -> dict[str, str]:
+def rule(
+    expr: str, message: str, field_path: str | None = None, reason: str | None = None
+) -> dict[str, str]:
     out = {"rule": expr, "message": message}
     if field_path:
         out["fieldPath"] = field_path
@@ -95,33 +106,60 @@ def model_schema() -> Schema:
                 "PersistentVolumeClaim read-only; http://, https:// and s3:// are fetched by an "
                 "init container into an emptyDir; file:// is for local development.",
                 maxLength=2048,
-                **{"x-kubernetes-validations": [
-                    rule("self.matches('^(pvc|https?|s3|file)://.+')",
-                         "must start with pvc://, http://, https://, s3:// or file://",
-                         reason="FieldValueInvalid"),
-                    rule("!self.startsWith('pvc://') || "
-                         "self.matches('^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^/].*$')",
-                         "a pvc:// URI is pvc://<claim>/<path within the claim>",
-                         reason="FieldValueInvalid"),
-                ]},
+                **{
+                    "x-kubernetes-validations": [
+                        rule(
+                            "self.matches('^(pvc|https?|s3|file)://.+')",
+                            "must start with pvc://, http://, https://, s3:// or file://",
+                            reason="FieldValueInvalid",
+                        ),
+                        rule(
+                            "!self.startsWith('pvc://') || "
+                            "self.matches('^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^/].*$')",
+                            "a pvc:// URI is pvc://<claim>/<path within the claim>",
+                            reason="FieldValueInvalid",
+                        ),
+                    ]
+                },
             ),
-            "format": string("Serialization of the weights: torchscript (.pt), torch-export "
-                             "(.pt2) or safetensors (needs entrypoint).",
-                             enum=list(FORMATS), **_d("model.format")),
-            "entrypoint": string("module:callable that builds the network for a safetensors "
-                                 "state dict, e.g. mypkg.nets:build. Required for safetensors.",
-                                 pattern=ENTRYPOINT_PATTERN, maxLength=256),
-            "digest": string("Optional sha256:<64 hex> pin of the model; the runtime refuses "
-                             "to start on a mismatch.", pattern=DIGEST_PATTERN),
-            "name": string("Name the model is served under (/v2/models/<name>); defaults to "
-                           "metadata.name.", pattern=MODEL_NAME_PATTERN, maxLength=63),
-            "version": string("Model version reported by the runtime and in status.",
-                              pattern=MODEL_NAME_PATTERN, maxLength=63, **_d("model.version")),
+            "format": string(
+                "Serialization of the weights: torchscript (.pt), torch-export "
+                "(.pt2) or safetensors (needs entrypoint).",
+                enum=list(FORMATS),
+                **_d("model.format"),
+            ),
+            "entrypoint": string(
+                "module:callable that builds the network for a safetensors "
+                "state dict, e.g. mypkg.nets:build. Required for safetensors.",
+                pattern=ENTRYPOINT_PATTERN,
+                maxLength=256,
+            ),
+            "digest": string(
+                "Optional sha256:<64 hex> pin of the model; the runtime refuses "
+                "to start on a mismatch.",
+                pattern=DIGEST_PATTERN,
+            ),
+            "name": string(
+                "Name the model is served under (/v2/models/<name>); defaults to metadata.name.",
+                pattern=MODEL_NAME_PATTERN,
+                maxLength=63,
+            ),
+            "version": string(
+                "Model version reported by the runtime and in status.",
+                pattern=MODEL_NAME_PATTERN,
+                maxLength=63,
+                **_d("model.version"),
+            ),
         },
         required=["uri"],
-        rules=[rule("self.format != 'safetensors' || has(self.entrypoint)",
-                    "entrypoint is required when format is safetensors",
-                    field_path=".entrypoint", reason="FieldValueRequired")],
+        rules=[
+            rule(
+                "self.format != 'safetensors' || has(self.entrypoint)",
+                "entrypoint is required when format is safetensors",
+                field_path=".entrypoint",
+                reason="FieldValueRequired",
+            )
+        ],
     )
 
 
@@ -130,66 +168,114 @@ def runtime_schema() -> Schema:
         "Dynamic batching: requests are merged into one forward pass up to maxBatchSize rows "
         "or maxDelayMilliseconds of waiting, whichever comes first.",
         {
-            "maxBatchSize": integer("Largest batch one forward pass takes.", minimum=1,
-                                    maximum=4096, **_d("runtime.batching.maxBatchSize")),
-            "maxDelayMilliseconds": number("Longest a request waits for a batch to fill.",
-                                           minimum=0, maximum=10000,
-                                           **_d("runtime.batching.maxDelayMilliseconds")),
-            "maxQueueSize": integer("Requests queued beyond this are refused at once "
-                                    "(overloadStatus) instead of adding latency.", minimum=1,
-                                    maximum=1000000, **_d("runtime.batching.maxQueueSize")),
+            "maxBatchSize": integer(
+                "Largest batch one forward pass takes.",
+                minimum=1,
+                maximum=4096,
+                **_d("runtime.batching.maxBatchSize"),
+            ),
+            "maxDelayMilliseconds": number(
+                "Longest a request waits for a batch to fill.",
+                minimum=0,
+                maximum=10000,
+                **_d("runtime.batching.maxDelayMilliseconds"),
+            ),
+            "maxQueueSize": integer(
+                "Requests queued beyond this are refused at once "
+                "(overloadStatus) instead of adding latency.",
+                minimum=1,
+                maximum=1000000,
+                **_d("runtime.batching.maxQueueSize"),
+            ),
         },
         # has(): the apiserver also checks the rule against the bare default {}.
-        rules=[rule("!has(self.maxQueueSize) || !has(self.maxBatchSize) || "
-                    "self.maxQueueSize >= self.maxBatchSize",
-                    "maxQueueSize must be >= maxBatchSize", field_path=".maxQueueSize")],
+        rules=[
+            rule(
+                "!has(self.maxQueueSize) || !has(self.maxBatchSize) || "
+                "self.maxQueueSize >= self.maxBatchSize",
+                "maxQueueSize must be >= maxBatchSize",
+                field_path=".maxQueueSize",
+            )
+        ],
         default={},
     )
     resources = obj(
         "Compute for each serving pod (GPUs are set in spec.gpu).",
         {
-            "cpu": quantity("CPU request per pod (no CPU limit, to avoid throttling).",
-                            **_d("runtime.resources.cpu")),
-            "memory": quantity("Memory request and limit per pod.",
-                               **_d("runtime.resources.memory")),
-            "shmSize": quantity("Size of the memory-backed /dev/shm (torch data loaders and "
-                                "NCCL need more than the container default of 64Mi).",
-                                **_d("runtime.resources.shmSize")),
-            "modelCacheSize": quantity("Size limit of the emptyDir a fetched (non-pvc) model "
-                                       "is downloaded into.",
-                                       **_d("runtime.resources.modelCacheSize")),
+            "cpu": quantity(
+                "CPU request per pod (no CPU limit, to avoid throttling).",
+                **_d("runtime.resources.cpu"),
+            ),
+            "memory": quantity(
+                "Memory request and limit per pod.", **_d("runtime.resources.memory")
+            ),
+            "shmSize": quantity(
+                "Size of the memory-backed /dev/shm (torch data loaders and "
+                "NCCL need more than the container default of 64Mi).",
+                **_d("runtime.resources.shmSize"),
+            ),
+            "modelCacheSize": quantity(
+                "Size limit of the emptyDir a fetched (non-pvc) model is downloaded into.",
+                **_d("runtime.resources.modelCacheSize"),
+            ),
         },
         default={},
     )
     return obj(
         "The serving runtime container.",
         {
-            "image": string("Runtime image; defaults to the operator's configured image "
-                            "(--runtime-image / MODELFLEET_RUNTIME_IMAGE).", maxLength=512),
-            "imagePullPolicy": string("Image pull policy for the runtime container.",
-                                      enum=["Always", "IfNotPresent", "Never"]),
-            "device": string("Where the model runs: auto picks cuda when a GPU is visible.",
-                             enum=list(DEVICES), **_d("runtime.device")),
-            "dtype": string("Floating point type the weights and inputs are cast to on "
-                            "load; unset keeps the dtype the model was saved in.",
-                            enum=list(DTYPES)),
-            "threads": integer("Torch intra-op threads; default derives from the CPU request.",
-                               minimum=1, maximum=256),
-            "logLevel": string("Runtime log level.", enum=list(LOG_LEVELS),
-                               **_d("runtime.logLevel")),
+            "image": string(
+                "Runtime image; defaults to the operator's configured image "
+                "(--runtime-image / MODELFLEET_RUNTIME_IMAGE).",
+                maxLength=512,
+            ),
+            "imagePullPolicy": string(
+                "Image pull policy for the runtime container.",
+                enum=["Always", "IfNotPresent", "Never"],
+            ),
+            "device": string(
+                "Where the model runs: auto picks cuda when a GPU is visible.",
+                enum=list(DEVICES),
+                **_d("runtime.device"),
+            ),
+            "dtype": string(
+                "Floating point type the weights and inputs are cast to on "
+                "load; unset keeps the dtype the model was saved in.",
+                enum=list(DTYPES),
+            ),
+            "threads": integer(
+                "Torch intra-op threads; default derives from the CPU request.",
+                minimum=1,
+                maximum=256,
+            ),
+            "logLevel": string(
+                "Runtime log level.", enum=list(LOG_LEVELS), **_d("runtime.logLevel")
+            ),
             "drainTimeoutSeconds": integer(
                 "On SIGTERM the runtime stops taking work and finishes accepted requests for at "
                 "most this long; the pod's termination grace period covers it.",
-                minimum=1, maximum=3600, **_d("runtime.drainTimeoutSeconds")),
+                minimum=1,
+                maximum=3600,
+                **_d("runtime.drainTimeoutSeconds"),
+            ),
             "startupTimeoutSeconds": integer(
                 "How long model download, load and warm-up may take before the startup probe "
                 "gives up and the container is restarted.",
-                minimum=10, maximum=7200, **_d("runtime.startupTimeoutSeconds")),
-            "maxBodyBytes": integer("Largest request body accepted (413 beyond).", minimum=1024,
-                                    format="int64", **_d("runtime.maxBodyBytes")),
-            "overloadStatus": integer("HTTP status answered when the queue is full: 503 or "
-                                      "429.", enum=list(OVERLOAD_STATUSES),
-                                      **_d("runtime.overloadStatus")),
+                minimum=10,
+                maximum=7200,
+                **_d("runtime.startupTimeoutSeconds"),
+            ),
+            "maxBodyBytes": integer(
+                "Largest request body accepted (413 beyond).",
+                minimum=1024,
+                format="int64",
+                **_d("runtime.maxBodyBytes"),
+            ),
+            "overloadStatus": integer(
+                "HTTP status answered when the queue is full: 503 or 429.",
+                enum=list(OVERLOAD_STATUSES),
+                **_d("runtime.overloadStatus"),
+            ),
             "batching": batching,
             "resources": resources,
         },
@@ -202,26 +288,40 @@ def gpu_schema() -> Schema:
         "GPUs for each serving pod: whole GPUs (count) or one MIG slice (mig), limited as "
         "extended resources; omit for CPU-only serving.",
         {
-            "count": integer("Whole GPUs per pod (limits nvidia.com/gpu); 1 when neither count "
-                             "nor mig is set.", minimum=1, maximum=16),
+            "count": integer(
+                "Whole GPUs per pod (limits nvidia.com/gpu); 1 when neither count nor mig is set.",
+                minimum=1,
+                maximum=16,
+            ),
             "products": {
                 "type": "array",
                 "description": "Accepted GPU products (node label nvidia.com/gpu.product, as "
-                               "published by GPU Feature Discovery), e.g. "
-                               "NVIDIA-H100-80GB-HBM3. Empty accepts any.",
+                "published by GPU Feature Discovery), e.g. "
+                "NVIDIA-H100-80GB-HBM3. Empty accepts any.",
                 "items": string("A GPU product name.", minLength=1, maxLength=128),
                 "maxItems": 16,
                 "x-kubernetes-list-type": "set",
             },
-            "mig": string("MIG profile for one slice per pod, e.g. 1g.10gb (limits "
-                          "nvidia.com/mig-<profile>; needs a MIG mixed-strategy node).",
-                          pattern=MIG_PATTERN, maxLength=32),
-            "minMemoryMiB": integer("Only nodes whose GPUs have at least this much memory "
-                                    "(node label nvidia.com/gpu.memory).", minimum=1),
+            "mig": string(
+                "MIG profile for one slice per pod, e.g. 1g.10gb (limits "
+                "nvidia.com/mig-<profile>; needs a MIG mixed-strategy node).",
+                pattern=MIG_PATTERN,
+                maxLength=32,
+            ),
+            "minMemoryMiB": integer(
+                "Only nodes whose GPUs have at least this much memory "
+                "(node label nvidia.com/gpu.memory).",
+                minimum=1,
+            ),
         },
-        rules=[rule("!(has(self.count) && has(self.mig))",
-                    "set count (whole GPUs) or mig (one MIG slice), not both",
-                    field_path=".mig", reason="FieldValueForbidden")],
+        rules=[
+            rule(
+                "!(has(self.count) && has(self.mig))",
+                "set count (whole GPUs) or mig (one MIG slice), not both",
+                field_path=".mig",
+                reason="FieldValueForbidden",
+            )
+        ],
     )
 
 
@@ -230,30 +330,48 @@ def autoscaling_schema() -> Schema:
         "Horizontal autoscaling: an HPA targets this ModelDeployment's scale subresource and "
         "owns spec.replicas while this is set.",
         {
-            "minReplicas": integer("Fewest replicas.", minimum=1, maximum=1000,
-                                   **_d("autoscaling.minReplicas")),
+            "minReplicas": integer(
+                "Fewest replicas.", minimum=1, maximum=1000, **_d("autoscaling.minReplicas")
+            ),
             "maxReplicas": integer("Most replicas.", minimum=1, maximum=1000),
-            "metric": string("What drives scaling: concurrency (in-flight requests per pod), "
-                             "rps (requests per second per pod), both read as Pods custom "
-                             "metrics, or cpu (utilization percent of the CPU request).",
-                             enum=list(METRICS), **_d("autoscaling.metric")),
-            "target": number("Target value per pod: in-flight requests, requests/s, or CPU "
-                             "utilization percent.", exclusiveMinimum=True, minimum=0),
+            "metric": string(
+                "What drives scaling: concurrency (in-flight requests per pod), "
+                "rps (requests per second per pod), both read as Pods custom "
+                "metrics, or cpu (utilization percent of the CPU request).",
+                enum=list(METRICS),
+                **_d("autoscaling.metric"),
+            ),
+            "target": number(
+                "Target value per pod: in-flight requests, requests/s, or CPU utilization percent.",
+                exclusiveMinimum=True,
+                minimum=0,
+            ),
             "scaleUpStabilizationSeconds": integer(
-                "Window the HPA looks back over before scaling up.", minimum=0, maximum=3600,
-                **_d("autoscaling.scaleUpStabilizationSeconds")),
+                "Window the HPA looks back over before scaling up.",
+                minimum=0,
+                maximum=3600,
+                **_d("autoscaling.scaleUpStabilizationSeconds"),
+            ),
             "scaleDownStabilizationSeconds": integer(
                 "Window the HPA looks back over before scaling down (model loads are slow; "
-                "do not flap).", minimum=0, maximum=3600,
-                **_d("autoscaling.scaleDownStabilizationSeconds")),
+                "do not flap).",
+                minimum=0,
+                maximum=3600,
+                **_d("autoscaling.scaleDownStabilizationSeconds"),
+            ),
         },
         required=["maxReplicas", "target"],
         rules=[
-            rule("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas",
-                 field_path=".minReplicas"),
-            rule("self.metric != 'cpu' || (self.target >= 1.0 && self.target <= 1000.0)",
-                 "target for metric cpu is a utilization percent between 1 and 1000",
-                 field_path=".target"),
+            rule(
+                "self.minReplicas <= self.maxReplicas",
+                "minReplicas must be <= maxReplicas",
+                field_path=".minReplicas",
+            ),
+            rule(
+                "self.metric != 'cpu' || (self.target >= 1.0 && self.target <= 1000.0)",
+                "target for metric cpu is a utilization percent between 1 and 1000",
+                field_path=".target",
+            ),
         ],
     )
 
@@ -263,14 +381,18 @@ def scheduling_schema() -> Schema:
         "A toleration added to the serving pods (the nvidia.com/gpu toleration is added for "
         "GPU pods automatically).",
         {
-            "key": string("Taint key the toleration applies to; empty with Exists matches all.",
-                          maxLength=317),
+            "key": string(
+                "Taint key the toleration applies to; empty with Exists matches all.", maxLength=317
+            ),
             "operator": string("Exists or Equal.", enum=["Exists", "Equal"]),
             "value": string("Taint value for operator Equal.", maxLength=63),
-            "effect": string("Taint effect to match; empty matches all.",
-                             enum=["NoSchedule", "PreferNoSchedule", "NoExecute"]),
-            "tolerationSeconds": integer("For NoExecute: how long the pod stays bound.",
-                                         format="int64"),
+            "effect": string(
+                "Taint effect to match; empty matches all.",
+                enum=["NoSchedule", "PreferNoSchedule", "NoExecute"],
+            ),
+            "tolerationSeconds": integer(
+                "For NoExecute: how long the pod stays bound.", format="int64"
+            ),
         },
     )
     return obj(
@@ -279,15 +401,19 @@ def scheduling_schema() -> Schema:
             "nodeSelector": {
                 "type": "object",
                 "description": "Node labels the pods must match (added to the GPU product "
-                               "affinity).",
+                "affinity).",
                 "additionalProperties": {"type": "string"},
             },
-            "tolerations": {"type": "array", "description": "Extra tolerations.",
-                            "items": toleration, "maxItems": 32},
+            "tolerations": {
+                "type": "array",
+                "description": "Extra tolerations.",
+                "items": toleration,
+                "maxItems": 32,
+            },
             "affinity": {
                 "type": "object",
                 "description": "A core/v1 Affinity merged into the pod's affinity "
-                               "(node affinity terms are ANDed with the GPU product term).",
+                "(node affinity terms are ANDed with the GPU product term).",
                 "x-kubernetes-preserve-unknown-fields": True,
             },
             "priorityClassName": string("PriorityClass for the serving pods.", maxLength=253),
@@ -295,15 +421,21 @@ def scheduling_schema() -> Schema:
                 "How replicas spread across a topology domain (nodes by default), so one node "
                 "failure does not take every replica.",
                 {
-                    "topologyKey": string("Node label naming the domain.", maxLength=317,
-                                          **_d("scheduling.topologySpread.topologyKey")),
-                    "maxSkew": integer("Largest allowed difference in replicas between "
-                                       "domains.", minimum=1,
-                                       **_d("scheduling.topologySpread.maxSkew")),
+                    "topologyKey": string(
+                        "Node label naming the domain.",
+                        maxLength=317,
+                        **_d("scheduling.topologySpread.topologyKey"),
+                    ),
+                    "maxSkew": integer(
+                        "Largest allowed difference in replicas between domains.",
+                        minimum=1,
+                        **_d("scheduling.topologySpread.maxSkew"),
+                    ),
                     "whenUnsatisfiable": string(
                         "ScheduleAnyway prefers spreading; DoNotSchedule requires it.",
                         enum=list(SPREAD_WHEN),
-                        **_d("scheduling.topologySpread.whenUnsatisfiable")),
+                        **_d("scheduling.topologySpread.whenUnsatisfiable"),
+                    ),
                 },
                 default={},
             ),
@@ -319,9 +451,14 @@ def spec_schema() -> Schema:
             "model": model_schema(),
             "runtime": runtime_schema(),
             "gpu": gpu_schema(),
-            "replicas": integer("Serving pods to run. While autoscaling is set the HPA writes "
-                                "this through the scale subresource; leave it out of applied "
-                                "manifests then.", minimum=0, maximum=1000, **_d("replicas")),
+            "replicas": integer(
+                "Serving pods to run. While autoscaling is set the HPA writes "
+                "this through the scale subresource; leave it out of applied "
+                "manifests then.",
+                minimum=0,
+                maximum=1000,
+                **_d("replicas"),
+            ),
             "autoscaling": autoscaling_schema(),
             "rollout": obj(
                 "How a spec change replaces pods.",
@@ -331,10 +468,14 @@ def spec_schema() -> Schema:
                         "exists, otherwise replaces pods in place (maxSurge 0) so a rollout "
                         "never waits on a GPU that is not there; RollingUpdate always surges; "
                         "Recreate stops all old pods first.",
-                        enum=list(STRATEGIES), **_d("rollout.strategy")),
+                        enum=list(STRATEGIES),
+                        **_d("rollout.strategy"),
+                    ),
                     "progressDeadlineSeconds": integer(
                         "A rollout making no progress this long is reported Degraded.",
-                        minimum=60, **_d("rollout.progressDeadlineSeconds")),
+                        minimum=60,
+                        **_d("rollout.progressDeadlineSeconds"),
+                    ),
                 },
                 default={},
             ),
@@ -342,23 +483,32 @@ def spec_schema() -> Schema:
             "service": obj(
                 "The Service in front of the serving pods.",
                 {
-                    "port": integer("Port of the Service and of the runtime's HTTP server "
-                                    "(Open Inference Protocol v2 and /metrics).", minimum=1,
-                                    maximum=65535, **_d("service.port")),
-                    "type": string("Service type.", enum=list(SERVICE_TYPES),
-                                   **_d("service.type")),
+                    "port": integer(
+                        "Port of the Service and of the runtime's HTTP server "
+                        "(Open Inference Protocol v2 and /metrics).",
+                        minimum=1,
+                        maximum=65535,
+                        **_d("service.port"),
+                    ),
+                    "type": string("Service type.", enum=list(SERVICE_TYPES), **_d("service.type")),
                 },
                 default={},
             ),
         },
         required=["model"],
         rules=[
-            rule("!(has(self.gpu) && has(self.runtime) && has(self.runtime.device) && "
-                 "self.runtime.device == 'cpu')",
-                 "runtime.device is cpu but gpu requests GPUs", field_path=".runtime.device"),
-            rule("has(self.gpu) || !has(self.runtime) || !has(self.runtime.device) || "
-                 "self.runtime.device != 'cuda'",
-                 "runtime.device cuda needs spec.gpu", field_path=".runtime.device"),
+            rule(
+                "!(has(self.gpu) && has(self.runtime) && has(self.runtime.device) && "
+                "self.runtime.device == 'cpu')",
+                "runtime.device is cpu but gpu requests GPUs",
+                field_path=".runtime.device",
+            ),
+            rule(
+                "has(self.gpu) || !has(self.runtime) || !has(self.runtime.device) || "
+                "self.runtime.device != 'cuda'",
+                "runtime.device cuda needs spec.gpu",
+                field_path=".runtime.device",
+            ),
         ],
     )
 
@@ -372,8 +522,9 @@ def condition_schema() -> Schema:
             "reason": string("CamelCase reason, a constant per cause."),
             "message": string("Human-readable detail."),
             "lastTransitionTime": string("When status last changed.", format="date-time"),
-            "observedGeneration": integer("metadata.generation this condition was computed "
-                                          "for.", format="int64"),
+            "observedGeneration": integer(
+                "metadata.generation this condition was computed for.", format="int64"
+            ),
         },
         required=["type", "status"],
     )
@@ -383,29 +534,41 @@ def status_schema() -> Schema:
     return obj(
         "Observed state, written by the operator.",
         {
-            "observedGeneration": integer("metadata.generation the operator last reconciled.",
-                                          format="int64"),
-            "conditions": {"type": "array", "description": "Ready, Available, Progressing and "
-                           "Degraded.", "items": condition_schema(),
-                           "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+            "observedGeneration": integer(
+                "metadata.generation the operator last reconciled.", format="int64"
+            ),
+            "conditions": {
+                "type": "array",
+                "description": "Ready, Available, Progressing and Degraded.",
+                "items": condition_schema(),
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
             "replicas": integer("Serving pods that exist (read by the scale subresource)."),
             "readyReplicas": integer("Serving pods passing readiness."),
             "updatedReplicas": integer("Serving pods running the current spec."),
             "availableReplicas": integer("Ready pods that have been ready long enough."),
-            "selector": string("Label selector of the serving pods (for the scale subresource "
-                               "and HPA)."),
+            "selector": string(
+                "Label selector of the serving pods (for the scale subresource and HPA)."
+            ),
             "url": string("In-cluster inference URL of the model."),
             "rolloutStrategy": string("The Deployment strategy the operator chose and why."),
-            "model": obj("The model being served.", {
-                "name": string("Served model name."),
-                "version": string("Served model version."),
-                "digest": string("Pinned digest, if any."),
-            }),
-            "summary": obj("Short texts for kubectl's columns.", {
-                "replicas": string("ready/desired."),
-                "gpu": string("GPUs per pod."),
-                "model": string("name:version."),
-            }),
+            "model": obj(
+                "The model being served.",
+                {
+                    "name": string("Served model name."),
+                    "version": string("Served model version."),
+                    "digest": string("Pinned digest, if any."),
+                },
+            ),
+            "summary": obj(
+                "Short texts for kubectl's columns.",
+                {
+                    "replicas": string("ready/desired."),
+                    "gpu": string("GPUs per pod."),
+                    "model": string("name:version."),
+                },
+            ),
         },
     )
 
@@ -413,20 +576,50 @@ def status_schema() -> Schema:
 def printer_columns() -> list[dict[str, Any]]:
     ready_cond = '.status.conditions[?(@.type=="Ready")]'
     return [
-        {"name": "Ready", "type": "string", "jsonPath": f"{ready_cond}.status",
-         "description": "All desired replicas run the current spec and are ready."},
-        {"name": "Replicas", "type": "string", "jsonPath": ".status.summary.replicas",
-         "description": "Ready/desired serving pods."},
-        {"name": "GPU", "type": "string", "jsonPath": ".status.summary.gpu",
-         "description": "GPUs per pod."},
-        {"name": "Model", "type": "string", "jsonPath": ".status.summary.model",
-         "description": "Served model name:version."},
-        {"name": "Reason", "type": "string", "jsonPath": f"{ready_cond}.reason",
-         "description": "Why Ready is what it is."},
-        {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1,
-         "description": "In-cluster inference URL."},
-        {"name": "Strategy", "type": "string", "jsonPath": ".status.rolloutStrategy",
-         "priority": 1, "description": "Chosen rollout strategy."},
+        {
+            "name": "Ready",
+            "type": "string",
+            "jsonPath": f"{ready_cond}.status",
+            "description": "All desired replicas run the current spec and are ready.",
+        },
+        {
+            "name": "Replicas",
+            "type": "string",
+            "jsonPath": ".status.summary.replicas",
+            "description": "Ready/desired serving pods.",
+        },
+        {
+            "name": "GPU",
+            "type": "string",
+            "jsonPath": ".status.summary.gpu",
+            "description": "GPUs per pod.",
+        },
+        {
+            "name": "Model",
+            "type": "string",
+            "jsonPath": ".status.summary.model",
+            "description": "Served model name:version.",
+        },
+        {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": f"{ready_cond}.reason",
+            "description": "Why Ready is what it is.",
+        },
+        {
+            "name": "URL",
+            "type": "string",
+            "jsonPath": ".status.url",
+            "priority": 1,
+            "description": "In-cluster inference URL.",
+        },
+        {
+            "name": "Strategy",
+            "type": "string",
+            "jsonPath": ".status.rolloutStrategy",
+            "priority": 1,
+            "description": "Chosen rollout strategy.",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 
@@ -445,19 +638,24 @@ def crd() -> dict[str, Any]:
             "status": status_schema(),
         },
         required=["spec"],
-        rules=[rule(
-            f"size(self.metadata.name) <= {MAX_NAME_LENGTH} && "
-            "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-            "metadata.name must be a DNS-1035 label (it names the Service): lowercase "
-            "letters, digits and '-', starting with a letter, at most 63 characters")],
+        rules=[
+            rule(
+                f"size(self.metadata.name) <= {MAX_NAME_LENGTH} && "
+                "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                "metadata.name must be a DNS-1035 label (it names the Service): lowercase "
+                "letters, digits and '-', starting with a letter, at most 63 characters",
+            )
+        ],
     )
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "modelfleet",
-                       "app.kubernetes.io/part-of": "modelfleet"},
+            "labels": {
+                "app.kubernetes.io/name": "modelfleet",
+                "app.kubernetes.io/part-of": "modelfleet",
+            },
         },
         "spec": {
             "group": GROUP,
@@ -470,34 +668,37 @@ def crd() -> dict[str, Any]:
                 "categories": ["modelfleet"],
             },
             "scope": "Namespaced",
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "schema": {"openAPIV3Schema": schema},
-                "subresources": {
-                    "status": {},
-                    "scale": {
-                        "specReplicasPath": ".spec.replicas",
-                        "statusReplicasPath": ".status.replicas",
-                        "labelSelectorPath": ".status.selector",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
                     },
-                },
-                "additionalPrinterColumns": printer_columns(),
-            }],
+                    "additionalPrinterColumns": printer_columns(),
+                }
+            ],
         },
     }
 
 
 def render_yaml() -> str:
-    header = ("# Generated by `python -m modelfleet_operator.crd --write crds/`: do not edit.\n"
-              "# Source of truth: operator/modelfleet_operator/crd.py\n")
+    header = (
+        "# Generated by `python -m modelfleet_operator.crd --write crds/`: do not edit.\n"
+        "# Source of truth: operator/modelfleet_operator/crd.py\n"
+    )
     return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
 
 
 def _doc_rows(node: Schema, path: str, required: bool) -> list[str]:
-    kind = node.get("type") or ("int or string" if node.get("x-kubernetes-int-or-string")
-                                else "")
+    kind = node.get("type") or ("int or string" if node.get("x-kubernetes-int-or-string") else "")
     if kind == "array" and isinstance(node.get("items"), dict):
         kind = f"[]{node['items'].get('type', '')}"
     details = []
@@ -514,10 +715,17 @@ def _doc_rows(node: Schema, path: str, required: bool) -> list[str]:
         details.append(f"pattern `{node['pattern']}`")
     for r in node.get("x-kubernetes-validations", []):
         details.append(f"rule: {r['message']}")
-    desc = (" ".join(node.get("description", "").split()).replace("|", "\\|")
-            .replace("<", "&lt;").replace(">", "&gt;"))
-    extra = ("<br>" + "; ".join(details).replace("|", "\\|").replace("<", "&lt;")
-             .replace(">", "&gt;")) if details else ""
+    desc = (
+        " ".join(node.get("description", "").split())
+        .replace("|", "\\|")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+    )
+    extra = (
+        ("<br>" + "; ".join(details).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;"))
+        if details
+        else ""
+    )
     rows = [f"| `{path}` | {kind}{' (required)' if required else ''} | {desc}{extra} |"]
     for key, child in (node.get("properties") or {}).items():
         rows += _doc_rows(child, f"{path}.{key}", key in node.get("required", []))
@@ -542,8 +750,9 @@ def render_api_docs() -> str:
         "`.status.selector`) so `kubectl scale`, an HPA or KEDA can drive it.",
         "`kubectl explain mdep.spec.<field>` prints the same descriptions as below.",
         "",
-        "`kubectl get mdep` columns: " + ", ".join(
-            c["name"] + (" (-o wide)" if c.get("priority") else "") for c in cols) + ".",
+        "`kubectl get mdep` columns: "
+        + ", ".join(c["name"] + (" (-o wide)" if c.get("priority") else "") for c in cols)
+        + ".",
         "",
         "## Spec",
         "",
@@ -571,8 +780,10 @@ def render_api_docs() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelfleet_operator.crd",
-                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m modelfleet_operator.crd",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
     parser.add_argument("--write", metavar="DIR", help=f"write DIR/{CRD_FILE}")
     parser.add_argument("--check", metavar="DIR", help="exit 1 when DIR's copy is stale")
     parser.add_argument("--docs", metavar="FILE", help="write the API reference (markdown)")
@@ -585,8 +796,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         path = Path(args.check) / CRD_FILE
         if not path.exists() or path.read_text() != text:
-            print(f"{path} is stale: run python -m modelfleet_operator.crd --write "
-                  f"{args.check}", file=sys.stderr)
+            print(
+                f"{path} is stale: run python -m modelfleet_operator.crd --write {args.check}",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if args.write:

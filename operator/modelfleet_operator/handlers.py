@@ -1,6 +1,9 @@
 """kopf wiring only: what is watched, what each watch keeps (indexes), and which keys an
 event queues for a reconcile.
 
+Every handler is ``async def``: kopf runs a plain ``def`` in a thread pool, and these touch
+the work queue, which lives on kopf's event loop.
+
 Only ``@kopf.index`` and ``@kopf.on.event`` handlers: kopf writes nothing to the objects for
 those (no progress annotations, no finalizers), so `kubectl delete` never waits for the
 operator, and kopf starts the event handlers only once every index has its initial list, so
@@ -35,6 +38,9 @@ from .render.common import MANAGED_BY_LABEL, MANAGER, RenderConfig
 from .spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("modelfleet.operator")
+# Events of children and pods come in bursts (a rollout): they fold into one reconcile this
+# much later. A spec change is reconciled at once.
+SETTLE_S = 1.0
 MD = (GROUP, VERSION, PLURAL)
 # (group, version, plural) of each child kind, and the index that keeps them.
 CHILDREN = {
@@ -98,7 +104,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     # A custom registry has none of kopf's default login handlers: in a pod, the service
     # account; elsewhere, the kubeconfig ($KUBECONFIG or ~/.kube/config).
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
         return info or kopf.login_with_kubeconfig(**kwargs)
 
@@ -106,65 +112,65 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     # --- indexes: the cluster as the watches last saw it -------------------------------------
 
-    def index_md(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def index_md(body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {md_key(body): trim_md(body)}
 
     kopf.index(*MD, registry=registry, id=INDEX["ModelDeployment"])(index_md)
 
-    def index_child(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def index_child(body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {md_key(body): trim_child(body)}
 
     for kind, resource in CHILDREN.items():
         kopf.index(*resource, registry=registry, id=INDEX[kind])(index_child)
 
-    def index_pod(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, Any]:
+    async def index_pod(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, Any]:
         owner = pod_owner(body)
         return {(namespace, owner): trim_pod(body)} if owner and namespace else {}
 
-    def index_gpu_pod(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def index_gpu_pod(body: kopf.Body, **_: Any) -> dict[Any, Any]:
         trimmed = trim_gpu_pod(body)
         return {None: trimmed} if trimmed else {}
 
     kopf.index("", "v1", "pods", registry=registry, id="mf_pods")(index_pod)
     kopf.index("", "v1", "pods", registry=registry, id="mf_gpu_pods")(index_gpu_pod)
 
-    def index_node(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def index_node(body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {None: trim_node(body)}
 
     kopf.index("", "v1", "nodes", registry=registry, id="mf_nodes")(index_node)
 
-    def index_pvc(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def index_pvc(body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {md_key(body): trim_pvc(body)}
 
     kopf.index("", "v1", "persistentvolumeclaims", registry=registry, id="mf_pvcs")(index_pvc)
 
     # --- events: which ModelDeployment to reconcile ------------------------------------------
 
-    def on_md(*, memo: Any, namespace: str | None, name: str | None, **_: Any) -> None:
+    async def on_md(*, memo: Any, namespace: str | None, name: str | None, **_: Any) -> None:
         queue, key = _queue(memo), _key_of(namespace, name)
         if queue is not None and key is not None:
             queue.add(key, "md")
 
     kopf.on.event(*MD, registry=registry, id="md")(on_md)
 
-    def on_child(*, memo: Any, body: kopf.Body, namespace: str | None, **kw: Any) -> None:
+    async def on_child(*, memo: Any, body: kopf.Body, namespace: str | None, **kw: Any) -> None:
         queue, key = _queue(memo), _key_of(namespace, owner_of_child(body))
         if queue is not None and key is not None and key in kw[INDEX["ModelDeployment"]]:
-            queue.add(key, f"child-{body.get('kind')}")
+            queue.add_soon(key, f"child-{body.get('kind')}", SETTLE_S)
 
     for kind, resource in CHILDREN.items():
         kopf.on.event(*resource, registry=registry, id=f"child-{kind}")(on_child)
 
-    def on_pod(*, memo: Any, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    async def on_pod(*, memo: Any, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         queue, key = _queue(memo), _key_of(namespace, pod_owner(body))
         if queue is not None and key is not None:
-            queue.add(key, "pod")
+            queue.add_soon(key, "pod", SETTLE_S)
 
     kopf.on.event(
         "", "v1", "pods", registry=registry, id="pod", labels={MANAGED_BY_LABEL: MANAGER}
     )(on_pod)
 
-    def on_node(
+    async def on_node(
         *, memo: Any, body: kopf.Body, name: str | None, event: Mapping[str, Any], **kw: Any
     ) -> None:
         # Heartbeats change nodes all the time; only what a plan reads matters.
@@ -183,7 +189,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     kopf.on.event("", "v1", "nodes", registry=registry, id="node")(on_node)
 
-    def on_pvc(*, memo: Any, name: str | None, namespace: str | None, **kw: Any) -> None:
+    async def on_pvc(*, memo: Any, name: str | None, namespace: str | None, **kw: Any) -> None:
         mds = kw[INDEX["ModelDeployment"]]
         queue = _queue(memo)
         if queue is None or not namespace:

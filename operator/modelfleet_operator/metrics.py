@@ -10,41 +10,65 @@ class OperatorMetrics:
         self.registry = registry or CollectorRegistry()
         self.reconciles = Counter(
             "modelfleet_operator_reconciles_total",
-            "Reconciles of a ModelDeployment, by trigger and result (ok, invalid, error).",
-            ["trigger", "result"], registry=self.registry)
+            "Reconciles of a ModelDeployment, by trigger and result (wrote: made API writes, "
+            "converged: none needed, invalid, gone, error).",
+            ["trigger", "result"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "modelfleet_operator_errors_total",
             "Failed API calls during reconciles, by HTTP status (0: no response).",
-            ["status"], registry=self.registry)
+            ["status"],
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "modelfleet_operator_reconcile_duration_seconds",
-            "Wall time of one reconcile.", ["trigger"], registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+            "Wall time of one reconcile.",
+            ["trigger"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
         self.status_writes = Counter(
             "modelfleet_operator_status_writes_total",
-            "Status patches (written only when something changed).", registry=self.registry)
+            "Status patches (written only when something changed).",
+            registry=self.registry,
+        )
         self.events = Counter(
-            "modelfleet_operator_events_total", "Events posted, by type and reason.",
-            ["type", "reason"], registry=self.registry)
+            "modelfleet_operator_events_total",
+            "Events posted, by type and reason.",
+            ["type", "reason"],
+            registry=self.registry,
+        )
         self.applies = Counter(
-            "modelfleet_operator_applies_total", "Server-side applies, by child kind.",
-            ["kind"], registry=self.registry)
+            "modelfleet_operator_applies_total",
+            "Server-side applies, by child kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.prunes = Counter(
-            "modelfleet_operator_prunes_total", "Children deleted because no longer wanted.",
-            ["kind"], registry=self.registry)
+            "modelfleet_operator_prunes_total",
+            "Children deleted because no longer wanted.",
+            ["kind"],
+            registry=self.registry,
+        )
 
         self.api_requests = Counter(
             "modelfleet_operator_api_requests_total",
             "Requests the operator made to the API server (writes; reads come from watches), "
-            "by verb, kind and HTTP status (0: no response).", ["verb", "kind", "code"],
-            registry=self.registry)
+            "by verb, kind and HTTP status (0: no response).",
+            ["verb", "kind", "code"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "modelfleet_operator_queue_depth",
-            "ModelDeployments waiting for a reconcile.", registry=self.registry)
+            "ModelDeployments waiting for a reconcile.",
+            registry=self.registry,
+        )
         self.retries = Counter(
             "modelfleet_operator_retries_total",
             "Reconciles scheduled again after a failure (exponential backoff).",
-            registry=self.registry)
+            registry=self.registry,
+        )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

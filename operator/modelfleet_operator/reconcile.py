@@ -173,6 +173,7 @@ class Reconciler:
         problems = list(the_plan.problems)
         children = dict(facts.children)
         failed: KubeError | None = None
+        wrote = False
         for action in the_plan.actions:
             try:
                 out = await self._execute(key, the_plan.owner, action)
@@ -189,14 +190,18 @@ class Reconciler:
                 )
                 failed = failed or exc
                 continue
+            wrote = True
             if action.op == DELETE:
                 children.pop(action.kind, None)
             elif out is not None:
                 children[action.kind] = out
-        await self._write_status(facts, self._observed(the_plan, facts, children, problems))
+        observed = self._observed(the_plan, facts, children, problems)
+        wrote = await self._write_status(facts, observed) or wrote
         if failed is not None:
             raise failed  # retried with backoff; the status already says what failed
-        return "invalid" if the_plan.invalid else "ok"
+        if the_plan.invalid:
+            return "invalid"
+        return "wrote" if wrote else "converged"
 
     async def _execute(self, key: Key, owner: Owner, action: Action) -> Mapping[str, Any] | None:
         what = (action.kind, *key)
@@ -269,14 +274,14 @@ class Reconciler:
             strategy=strategy,
         )
 
-    async def _write_status(self, facts: Facts, observed: Observed) -> None:
+    async def _write_status(self, facts: Facts, observed: Observed) -> bool:
         md = facts.md
         meta = md.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         previous = md.get("status") or {}
         status, transitions = compute_status(observed, previous, _now())
         if not status_changed(previous, status):
-            return
+            return False
         what = ("ModelDeployment", *key)
         payload = _fingerprint(
             {k: v for k, v in status.items() if k != "conditions"}
@@ -288,7 +293,7 @@ class Reconciler:
             }
         )
         if self.inflight.pending(what, _rv(md), payload):
-            return
+            return False
         await self.kube.patch_status(key[0], key[1], status)
         self.inflight.remember(what, _rv(md), payload)
         self.metrics.status_writes.inc()
@@ -302,6 +307,7 @@ class Reconciler:
                 self.metrics.events.labels(t.event_type, t.reason).inc()
             except KubeError as exc:  # an Event is best effort
                 log.warning("%s/%s: event not posted: %s", *key, exc)
+        return True
 
 
 class WorkQueue:
@@ -329,7 +335,8 @@ class WorkQueue:
         self._again: set[Key] = set()
         self._why: dict[Key, str] = {}
         self._failures: dict[Key, int] = {}
-        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._timers: dict[Key, asyncio.TimerHandle] = {}  # retries after a failure
+        self._soon: dict[Key, asyncio.TimerHandle] = {}  # debounced events
         self._tasks: list[asyncio.Task[None]] = []
 
     def add(self, key: Key, why: str = "event") -> None:
@@ -341,6 +348,16 @@ class WorkQueue:
             self._queued.add(key)
             self._queue.put_nowait(key)
             self.metrics.queue_depth.set(len(self._queued))
+
+    def add_soon(self, key: Key, why: str, delay: float) -> None:
+        """Queue ``key`` after ``delay`` unless already due: a burst of events (a rollout's
+        pods and Deployment status updates) folds into one reconcile."""
+        if key not in self._soon:
+            self._soon[key] = asyncio.get_running_loop().call_later(delay, self._soon_due, key, why)
+
+    def _soon_due(self, key: Key, why: str) -> None:
+        self._soon.pop(key, None)
+        self.add(key, why)
 
     def add_after(self, key: Key, delay: float) -> None:
         if key not in self._timers:
@@ -354,7 +371,7 @@ class WorkQueue:
         return self._failures.get(key, 0)
 
     def idle(self) -> bool:
-        return not (self._queued or self._active or self._again)
+        return not (self._queued or self._active or self._again or self._soon)
 
     async def _work(self) -> None:
         while True:
@@ -400,9 +417,10 @@ class WorkQueue:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for timer in self._timers.values():
+        for timer in [*self._timers.values(), *self._soon.values()]:
             timer.cancel()
         self._timers.clear()
+        self._soon.clear()
 
 
 async def resync(view: View, queue: WorkQueue, interval: float, ready: asyncio.Event) -> None:

@@ -254,8 +254,14 @@ class _Reader:
     def child(self, key: str) -> _Reader:
         return _Reader(self.raw.get(key), f"{self.path}.{key}")
 
-    def text(self, key: str, *, required: bool = False, choices: Sequence[str] = (),
-            pattern: str | None = None) -> str | None:
+    def text(
+        self,
+        key: str,
+        *,
+        required: bool = False,
+        choices: Sequence[str] = (),
+        pattern: str | None = None,
+    ) -> str | None:
         value = self.raw.get(key, self._default(key))
         where = f"{self.path}.{key}"
         if value is None:
@@ -271,8 +277,14 @@ class _Reader:
             raise InvalidSpec(where, f"{value!r} does not match {pattern}")
         return value
 
-    def integer(self, key: str, *, minimum: int | None = None, maximum: int | None = None,
-            required: bool = False) -> int | None:
+    def integer(
+        self,
+        key: str,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        required: bool = False,
+    ) -> int | None:
         value = self.raw.get(key, self._default(key))
         where = f"{self.path}.{key}"
         if value is None:
@@ -287,8 +299,15 @@ class _Reader:
             raise InvalidSpec(where, f"must be <= {maximum} (got {value})")
         return value
 
-    def number(self, key: str, *, minimum: float | None = None, maximum: float | None = None,
-            required: bool = False, exclusive_minimum: bool = False) -> float | None:
+    def number(
+        self,
+        key: str,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        required: bool = False,
+        exclusive_minimum: bool = False,
+    ) -> float | None:
         value = self.raw.get(key, self._default(key))
         where = f"{self.path}.{key}"
         if value is None:
@@ -405,15 +424,19 @@ def parse_spec(raw: Mapping[str, Any] | None, *, name: str) -> ModelDeploymentSp
 def _parse_model(m: _Reader, default_name: str) -> ModelSpec:
     uri = _req(m.text("uri", required=True))
     if not re.match(URI_PATTERN, uri):
-        raise InvalidSpec("spec.model.uri", "must start with pvc://, http://, https://, s3:// or "
-                          f"file:// (got {uri!r})")
+        raise InvalidSpec(
+            "spec.model.uri",
+            f"must start with pvc://, http://, https://, s3:// or file:// (got {uri!r})",
+        )
     if uri.startswith("pvc://") and not re.match(PVC_URI_PATTERN, uri):
         raise InvalidSpec("spec.model.uri", "a pvc:// URI is pvc://<claim>/<path>")
     fmt = _req(m.text("format", choices=FORMATS))
     entrypoint = m.text("entrypoint", pattern=ENTRYPOINT_PATTERN)
     if fmt == "safetensors" and entrypoint is None:
-        raise InvalidSpec("spec.model.entrypoint",
-                          "is required for format safetensors (module:callable building the net)")
+        raise InvalidSpec(
+            "spec.model.entrypoint",
+            "is required for format safetensors (module:callable building the net)",
+        )
     return ModelSpec(
         uri=uri,
         format=fmt,
@@ -478,16 +501,17 @@ def _parse_autoscaling(a: _Reader) -> AutoscalingSpec:
         max_replicas=_req(a.integer("maxReplicas", minimum=1, maximum=1000, required=True)),
         metric=metric,
         target=_req(a.number("target", minimum=0, exclusive_minimum=True, required=True)),
-        scale_up_window_s=_req(a.integer("scaleUpStabilizationSeconds", minimum=0,
-                                         maximum=3600)),
-        scale_down_window_s=_req(a.integer("scaleDownStabilizationSeconds", minimum=0,
-                                           maximum=3600)),
+        scale_up_window_s=_req(a.integer("scaleUpStabilizationSeconds", minimum=0, maximum=3600)),
+        scale_down_window_s=_req(
+            a.integer("scaleDownStabilizationSeconds", minimum=0, maximum=3600)
+        ),
     )
     if spec.min_replicas > spec.max_replicas:
         raise InvalidSpec("spec.autoscaling.minReplicas", "must be <= maxReplicas")
     if metric == "cpu" and not 1 <= spec.target <= 1000:
-        raise InvalidSpec("spec.autoscaling.target", "for metric cpu is a utilization percent "
-                          "between 1 and 1000")
+        raise InvalidSpec(
+            "spec.autoscaling.target", "for metric cpu is a utilization percent between 1 and 1000"
+        )
     return spec
 
 
@@ -535,7 +559,9 @@ def _parse_affinity(sched: _Reader) -> dict[str, Any]:
             raise InvalidSpec(f"{where}.nodeSelectorTerms[{i}]", "must be an object")
         exprs = term.get("matchExpressions")
         if exprs is not None and not (
-                isinstance(exprs, list) and all(isinstance(e, Mapping) for e in exprs)):
-            raise InvalidSpec(f"{where}.nodeSelectorTerms[{i}].matchExpressions",
-                              "must be a list of objects")
+            isinstance(exprs, list) and all(isinstance(e, Mapping) for e in exprs)
+        ):
+            raise InvalidSpec(
+                f"{where}.nodeSelectorTerms[{i}].matchExpressions", "must be a list of objects"
+            )
     return affinity

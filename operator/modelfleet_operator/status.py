@@ -87,8 +87,10 @@ class Transition:
     @property
     def event_type(self) -> str:
         bad = (self.type == DEGRADED and self.status == "True") or (
-            self.type in (READY, AVAILABLE) and self.status == "False"
-            and self.reason in [*_SEVERITY, Reason.INVALID_SPEC, Reason.NO_REPLICAS_AVAILABLE])
+            self.type in (READY, AVAILABLE)
+            and self.status == "False"
+            and self.reason in [*_SEVERITY, Reason.INVALID_SPEC, Reason.NO_REPLICAS_AVAILABLE]
+        )
         return "Warning" if bad else "Normal"
 
 
@@ -130,44 +132,59 @@ def _pending_problem(pod: Mapping[str, Any], spec: ModelDeploymentSpec | None) -
             m = _NODES_RE.match(message)
             total = m.group(2) if m else "?"
             product = f" of product {'|'.join(gpu.products)}" if gpu.products else ""
-            return Problem(Reason.INSUFFICIENT_GPU, _truncate(
-                f"0/{total} nodes have {gpu.quantity} free {gpu.resource}{product} "
-                f"(scheduler: {message})"))
+            return Problem(
+                Reason.INSUFFICIENT_GPU,
+                _truncate(
+                    f"0/{total} nodes have {gpu.quantity} free {gpu.resource}{product} "
+                    f"(scheduler: {message})"
+                ),
+            )
         return Problem(Reason.UNSCHEDULABLE, _truncate(message or "pod cannot be scheduled"))
     return None
 
 
 def _container_problem(pod: Mapping[str, Any]) -> Problem | None:
     status = pod.get("status") or {}
-    groups = ((status.get("initContainerStatuses") or [], True),
-              (status.get("containerStatuses") or [], False))
+    groups = (
+        (status.get("initContainerStatuses") or [], True),
+        (status.get("containerStatuses") or [], False),
+    )
     for statuses, is_init in groups:
         for cs in statuses:
             state = cs.get("state") or {}
             waiting = state.get("waiting") or {}
             if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
-                return Problem(Reason.IMAGE_PULL_FAILED, _truncate(
-                    f"{cs.get('name')}: {waiting.get('message') or waiting.get('reason')}"))
+                return Problem(
+                    Reason.IMAGE_PULL_FAILED,
+                    _truncate(
+                        f"{cs.get('name')}: {waiting.get('message') or waiting.get('reason')}"
+                    ),
+                )
             terminated = state.get("terminated") or {}
             last = (cs.get("lastState") or {}).get("terminated") or {}
             crashed = waiting.get("reason") == "CrashLoopBackOff" or (
-                terminated and terminated.get("exitCode", 0) != 0)
+                terminated and terminated.get("exitCode", 0) != 0
+            )
             if not crashed:
                 continue
             info = terminated if terminated.get("exitCode") else last
             detail = str(info.get("message") or "").strip() or (
-                f"exit code {info.get('exitCode', '?')} ({info.get('reason') or 'Error'})")
+                f"exit code {info.get('exitCode', '?')} ({info.get('reason') or 'Error'})"
+            )
             fetch = is_init or cs.get("name") == FETCH_CONTAINER
             reason = Reason.MODEL_FETCH_FAILED if fetch else Reason.MODEL_LOAD_FAILED
             what = "model fetch failed" if fetch else "model server exited"
             restarts = cs.get("restartCount", 0)
-            return Problem(reason, _truncate(
-                f"{what} ({cs.get('name') or CONTAINER}, {restarts} restarts): {detail}"))
+            return Problem(
+                reason,
+                _truncate(f"{what} ({cs.get('name') or CONTAINER}, {restarts} restarts): {detail}"),
+            )
     return None
 
 
-def diagnose_pods(pods: Sequence[Mapping[str, Any]],
-                  spec: ModelDeploymentSpec | None) -> list[Problem]:
+def diagnose_pods(
+    pods: Sequence[Mapping[str, Any]], spec: ModelDeploymentSpec | None
+) -> list[Problem]:
     """One problem per distinct reason, from pods that are not being deleted."""
     found: dict[str, Problem] = {}
     counts: dict[str, int] = {}
@@ -192,20 +209,29 @@ def diagnose_pods(pods: Sequence[Mapping[str, Any]],
 def _sort_problems(problems: Sequence[Problem]) -> list[Problem]:
     def key(p: Problem) -> int:
         return _SEVERITY.index(p.reason) if p.reason in _SEVERITY else len(_SEVERITY)
+
     return sorted(problems, key=key)
 
 
-def _cond(type_: str, status: bool | str, reason: str, message: str,
-          generation: int) -> dict[str, Any]:
+def _cond(
+    type_: str, status: bool | str, reason: str, message: str, generation: int
+) -> dict[str, Any]:
     value = status if isinstance(status, str) else ("True" if status else "False")
-    return {"type": type_, "status": value, "reason": reason, "message": _truncate(message),
-            "observedGeneration": generation}
+    return {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": _truncate(message),
+        "observedGeneration": generation,
+    }
 
 
 def _deployment_numbers(dep: Mapping[str, Any] | None) -> dict[str, int]:
     st = (dep or {}).get("status") or {}
-    return {k: int(st.get(k) or 0) for k in
-            ("replicas", "readyReplicas", "updatedReplicas", "availableReplicas")}
+    return {
+        k: int(st.get(k) or 0)
+        for k in ("replicas", "readyReplicas", "updatedReplicas", "availableReplicas")
+    }
 
 
 def _deadline_exceeded(dep: Mapping[str, Any] | None) -> str | None:
@@ -218,8 +244,9 @@ def _deadline_exceeded(dep: Mapping[str, Any] | None) -> str | None:
 _PRIORITY_RE = re.compile(r"no PriorityClass with name (\S+) was found")
 
 
-def _replica_failure(dep: Mapping[str, Any] | None,
-                     spec: ModelDeploymentSpec | None) -> Problem | None:
+def _replica_failure(
+    dep: Mapping[str, Any] | None, spec: ModelDeploymentSpec | None
+) -> Problem | None:
     """The ReplicaSet cannot create pods (the Deployment's ReplicaFailure condition): a
     missing PriorityClass, a quota, an admission policy. Pods never appear, so nothing
     else would say why."""
@@ -230,16 +257,22 @@ def _replica_failure(dep: Mapping[str, Any] | None,
         m = _PRIORITY_RE.search(message)
         if m:
             asked = spec.scheduling.priority_class_name if spec else None
-            return Problem(Reason.PRIORITY_CLASS_NOT_FOUND, _truncate(
-                f"spec.scheduling.priorityClassName {asked or m.group(1)!r}: no PriorityClass "
-                f"with that name exists, so no pod can be created ({message})"))
-        return Problem(Reason.POD_CREATION_FAILED, _truncate(
-            f"the ReplicaSet cannot create pods: {message}"))
+            return Problem(
+                Reason.PRIORITY_CLASS_NOT_FOUND,
+                _truncate(
+                    f"spec.scheduling.priorityClassName {asked or m.group(1)!r}: no PriorityClass "
+                    f"with that name exists, so no pod can be created ({message})"
+                ),
+            )
+        return Problem(
+            Reason.POD_CREATION_FAILED, _truncate(f"the ReplicaSet cannot create pods: {message}")
+        )
     return None
 
 
-def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
-                   now: str) -> tuple[dict[str, Any], list[Transition]]:
+def compute_status(
+    obs: Observed, previous: Mapping[str, Any] | None, now: str
+) -> tuple[dict[str, Any], list[Transition]]:
     """The new .status and the condition transitions (for Events)."""
     previous = previous or {}
     spec = obs.spec
@@ -247,9 +280,9 @@ def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
     nums = _deployment_numbers(dep)
     dep_spec = (dep or {}).get("spec") or {}
     desired = spec.desired_replicas() if spec is not None else int(dep_spec.get("replicas") or 0)
-    dep_current = dep is not None and int(((dep.get("status") or {}).get("observedGeneration"))
-                                          or 0) >= int((dep.get("metadata") or {})
-                                                       .get("generation") or 0)
+    dep_current = dep is not None and int(
+        ((dep.get("status") or {}).get("observedGeneration")) or 0
+    ) >= int((dep.get("metadata") or {}).get("generation") or 0)
     problems = list(obs.problems) + diagnose_pods(obs.pods, spec)
     failure = _replica_failure(dep, spec)
     if failure is not None:
@@ -259,12 +292,24 @@ def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
         problems.append(Problem(Reason.PROGRESS_DEADLINE_EXCEEDED, deadline))
     problems = _sort_problems(problems)
     gen = obs.generation
-    ready, avail, updated, total = (nums["readyReplicas"], nums["availableReplicas"],
-                                    nums["updatedReplicas"], nums["replicas"])
-    settled = (dep is not None and dep_current and updated >= desired and ready >= desired
-               and total <= desired)
-    strategy_text = (f"{obs.strategy.describe()}: {obs.strategy.reason}"
-                     if obs.strategy else previous.get("rolloutStrategy"))
+    ready, avail, updated, total = (
+        nums["readyReplicas"],
+        nums["availableReplicas"],
+        nums["updatedReplicas"],
+        nums["replicas"],
+    )
+    settled = (
+        dep is not None
+        and dep_current
+        and updated >= desired
+        and ready >= desired
+        and total <= desired
+    )
+    strategy_text = (
+        f"{obs.strategy.describe()}: {obs.strategy.reason}"
+        if obs.strategy
+        else previous.get("rolloutStrategy")
+    )
 
     # Ready
     if obs.invalid is not None:
@@ -274,50 +319,87 @@ def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
     elif desired == 0:
         ready_c = _cond(READY, False, Reason.SCALED_TO_ZERO, "spec.replicas is 0", gen)
     elif dep is None:
-        ready_c = _cond(READY, False, Reason.WAITING_FOR_DEPLOYMENT,
-                        "waiting for the Deployment to be created", gen)
+        ready_c = _cond(
+            READY,
+            False,
+            Reason.WAITING_FOR_DEPLOYMENT,
+            "waiting for the Deployment to be created",
+            gen,
+        )
     elif settled:
-        ready_c = _cond(READY, True, Reason.ALL_READY,
-                        f"{ready}/{desired} replicas ready", gen)
+        ready_c = _cond(READY, True, Reason.ALL_READY, f"{ready}/{desired} replicas ready", gen)
     elif not dep_current or updated < desired or total > desired:
-        ready_c = _cond(READY, False, Reason.ROLLOUT_IN_PROGRESS,
-                        f"{updated}/{desired} replicas updated, {ready} ready, {total} total"
-                        + (f"; {strategy_text}" if strategy_text else ""), gen)
+        ready_c = _cond(
+            READY,
+            False,
+            Reason.ROLLOUT_IN_PROGRESS,
+            f"{updated}/{desired} replicas updated, {ready} ready, {total} total"
+            + (f"; {strategy_text}" if strategy_text else ""),
+            gen,
+        )
     else:
-        ready_c = _cond(READY, False, Reason.REPLICAS_NOT_READY,
-                        f"{ready}/{desired} replicas ready (waiting for model load)", gen)
+        ready_c = _cond(
+            READY,
+            False,
+            Reason.REPLICAS_NOT_READY,
+            f"{ready}/{desired} replicas ready (waiting for model load)",
+            gen,
+        )
 
     # Available: is anything serving?
     if desired == 0 and avail == 0:
         avail_c = _cond(AVAILABLE, False, Reason.SCALED_TO_ZERO, "no replicas requested", gen)
     elif avail >= 1:
-        avail_c = _cond(AVAILABLE, True, Reason.MIN_AVAILABLE,
-                        f"{avail}/{desired} replicas available", gen)
+        avail_c = _cond(
+            AVAILABLE, True, Reason.MIN_AVAILABLE, f"{avail}/{desired} replicas available", gen
+        )
     else:
-        avail_c = _cond(AVAILABLE, False, Reason.NO_REPLICAS_AVAILABLE,
-                        f"0/{desired} replicas available", gen)
+        avail_c = _cond(
+            AVAILABLE, False, Reason.NO_REPLICAS_AVAILABLE, f"0/{desired} replicas available", gen
+        )
 
     # Progressing: is a rollout or scale change under way?
     if obs.invalid is not None:
-        prog_c = _cond(PROGRESSING, False, Reason.INVALID_SPEC,
-                       "not rolling out an invalid spec", gen)
+        prog_c = _cond(
+            PROGRESSING, False, Reason.INVALID_SPEC, "not rolling out an invalid spec", gen
+        )
     elif deadline:
         prog_c = _cond(PROGRESSING, False, Reason.PROGRESS_DEADLINE_EXCEEDED, deadline, gen)
-    elif dep is not None and dep_current and updated >= desired and total <= desired and (
-            ready >= desired):
-        prog_c = _cond(PROGRESSING, False, Reason.ROLLOUT_COMPLETE,
-                       f"{updated}/{desired} replicas run the current spec", gen)
+    elif (
+        dep is not None
+        and dep_current
+        and updated >= desired
+        and total <= desired
+        and (ready >= desired)
+    ):
+        prog_c = _cond(
+            PROGRESSING,
+            False,
+            Reason.ROLLOUT_COMPLETE,
+            f"{updated}/{desired} replicas run the current spec",
+            gen,
+        )
     else:
-        prog_c = _cond(PROGRESSING, True, Reason.ROLLOUT_IN_PROGRESS,
-                       f"{updated}/{desired} updated, {ready} ready"
-                       + (f"; {strategy_text}" if strategy_text else ""), gen)
+        prog_c = _cond(
+            PROGRESSING,
+            True,
+            Reason.ROLLOUT_IN_PROGRESS,
+            f"{updated}/{desired} updated, {ready} ready"
+            + (f"; {strategy_text}" if strategy_text else ""),
+            gen,
+        )
 
     # Degraded: something is wrong that will not fix itself by waiting a little.
     if obs.invalid is not None:
         deg_c = _cond(DEGRADED, True, Reason.INVALID_SPEC, str(obs.invalid), gen)
     elif problems:
-        deg_c = _cond(DEGRADED, True, problems[0].reason,
-                      "; ".join(f"{p.reason}: {p.message}" for p in problems), gen)
+        deg_c = _cond(
+            DEGRADED,
+            True,
+            problems[0].reason,
+            "; ".join(f"{p.reason}: {p.message}" for p in problems),
+            gen,
+        )
     else:
         deg_c = _cond(DEGRADED, False, Reason.AS_EXPECTED, "", gen)
 
@@ -332,19 +414,30 @@ def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
             cond["lastTransitionTime"] = now
         # Events only for what a reader of `kubectl describe` needs: Ready changes, and
         # Degraded turning True (or recovering); Available/Progressing are in the status.
-        changed = old is None or old.get("status") != cond["status"] or (
-            old.get("reason") != cond["reason"])
+        changed = (
+            old is None
+            or old.get("status") != cond["status"]
+            or (old.get("reason") != cond["reason"])
+        )
         # Ready turning True, a problem, or losing readiness; not the "not ready yet" steps
         # of a rollout (at 1000 creates those would be thousands of Events).
         was_ready = old is not None and old.get("status") == "True"
-        worth = (cond["type"] == READY and (was_ready or cond["status"] == "True"
-                                            or cond["reason"] in _SEVERITY
-                                            or cond["reason"] == Reason.INVALID_SPEC)) or (
-            cond["type"] == DEGRADED and (
-                cond["status"] == "True" or (old is not None and old.get("status") == "True")))
+        worth = (
+            cond["type"] == READY
+            and (
+                was_ready
+                or cond["status"] == "True"
+                or cond["reason"] in _SEVERITY
+                or cond["reason"] == Reason.INVALID_SPEC
+            )
+        ) or (
+            cond["type"] == DEGRADED
+            and (cond["status"] == "True" or (old is not None and old.get("status") == "True"))
+        )
         if changed and worth:
-            transitions.append(Transition(cond["type"], cond["status"], cond["reason"],
-                                          cond["message"]))
+            transitions.append(
+                Transition(cond["type"], cond["status"], cond["reason"], cond["message"])
+            )
         conditions.append(cond)
 
     status: dict[str, Any] = {
@@ -359,8 +452,11 @@ def compute_status(obs: Observed, previous: Mapping[str, Any] | None,
     }
     if spec is not None:
         status["url"] = obs.url
-        status["model"] = {"name": spec.model.name, "version": spec.model.version,
-                           "digest": spec.model.digest}
+        status["model"] = {
+            "name": spec.model.name,
+            "version": spec.model.version,
+            "digest": spec.model.digest,
+        }
         status["summary"] = {
             "replicas": f"{ready}/{desired}",
             "gpu": spec.gpu.summary() if spec.gpu else "none",

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+import random
+import threading
 import time
 from collections.abc import Iterator
 
+import kubernetes
 import pytest
 from kube_harness import KubeCluster, wait_for
 from operator_support import OperatorProcess, cond, get, install_crd, manifest, wait_condition
@@ -16,8 +19,7 @@ from operator_support import OperatorProcess, cond, get, install_crd, manifest, 
 @pytest.fixture
 def operator(kube_cluster: KubeCluster, tmp_path: pathlib.Path) -> Iterator[OperatorProcess]:
     install_crd(kube_cluster)
-    proc = OperatorProcess(kube_cluster, tmp_path / "operator.log",
-                           resync_seconds=10)
+    proc = OperatorProcess(kube_cluster, tmp_path / "operator.log", resync_seconds=10)
     try:
         yield proc
     finally:
@@ -25,8 +27,16 @@ def operator(kube_cluster: KubeCluster, tmp_path: pathlib.Path) -> Iterator[Oper
 
 
 def apply(k: KubeCluster, namespace: str, body: dict[str, object]) -> None:
-    k.kubectl("apply", "-n", namespace, "--server-side", "--field-manager=test", "-f", "-",
-              input=json.dumps(body))
+    k.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "--server-side",
+        "--field-manager=test",
+        "-f",
+        "-",
+        input=json.dumps(body),
+    )
 
 
 def children(k: KubeCluster, namespace: str) -> dict[str, list[str]]:
@@ -37,22 +47,29 @@ def children(k: KubeCluster, namespace: str) -> dict[str, list[str]]:
     return out
 
 
-def test_killed_mid_rollout_converges_after_restart(kube_cluster: KubeCluster, namespace: str,
-                                                    operator: OperatorProcess) -> None:
+def test_killed_mid_rollout_converges_after_restart(
+    kube_cluster: KubeCluster, namespace: str, operator: OperatorProcess
+) -> None:
     k = kube_cluster
     operator.start()
     apply(k, namespace, manifest("phoenix", {"replicas": 3}, load_seconds=1))
     wait_condition(k, namespace, "phoenix", "Ready", "True", timeout=90)
 
     # Start a rollout with slow-loading pods, and kill the operator in the middle of it.
-    apply(k, namespace, manifest("phoenix", {"replicas": 3, "model": {"version": "2"}},
-                                 load_seconds=4))
+    apply(
+        k,
+        namespace,
+        manifest("phoenix", {"replicas": 3, "model": {"version": "2"}}, load_seconds=4),
+    )
     wait_condition(k, namespace, "phoenix", "Progressing", "True", timeout=30)
     operator.kill()
 
     # While it is down the spec changes again; nothing reacts.
-    apply(k, namespace, manifest("phoenix", {"replicas": 2, "model": {"version": "3"}},
-                                 load_seconds=1))
+    apply(
+        k,
+        namespace,
+        manifest("phoenix", {"replicas": 2, "model": {"version": "3"}}, load_seconds=1),
+    )
     time.sleep(2)
     md = get(k, namespace, "mdep", "phoenix")
     assert md is not None
@@ -72,8 +89,9 @@ def test_killed_mid_rollout_converges_after_restart(kube_cluster: KubeCluster, n
     assert len(refs) == 1 and refs[0]["uid"] == md["metadata"]["uid"]
 
 
-def test_killed_right_after_create_converges(kube_cluster: KubeCluster, namespace: str,
-                                             operator: OperatorProcess) -> None:
+def test_killed_right_after_create_converges(
+    kube_cluster: KubeCluster, namespace: str, operator: OperatorProcess
+) -> None:
     k = kube_cluster
     # Created while no operator runs, then the operator starts, gets killed almost at once,
     # and starts again: resume handling alone must finish the job.
@@ -93,5 +111,116 @@ def test_killed_right_after_create_converges(kube_cluster: KubeCluster, namespac
     # Deleting while the operator is down still cleans up: no finalizer blocks deletion.
     operator.kill()
     k.kubectl("-n", namespace, "delete", "mdep", "m0", "--wait=true", "--timeout=30s")
-    wait_for(lambda: get(k, namespace, "deployment", "m0") is None, timeout=60,
-             what="m0's Deployment to be garbage-collected without the operator")
+    wait_for(
+        lambda: get(k, namespace, "deployment", "m0") is None,
+        timeout=60,
+        what="m0's Deployment to be garbage-collected without the operator",
+    )
+
+
+# --- SIGKILL at random points during a storm of creates, updates and deletes ----------------
+
+STORM_NAMES = [f"s{i}" for i in range(5)]
+CPU_SPEC = {
+    "gpu": None,
+    "runtime": {"device": "cpu", "resources": {"cpu": "10m", "memory": "16Mi"}},
+}
+
+
+def _storm(
+    k: KubeCluster, namespace: str, rng: random.Random, stop: threading.Event, done: list[str]
+) -> None:
+    api = k.api_client()
+    custom = kubernetes.client.CustomObjectsApi(api)
+    while not stop.is_set():
+        name = rng.choice(STORM_NAMES)
+        op = rng.choice(["apply", "apply", "scale", "delete"])
+        try:
+            if op == "delete":
+                custom.delete_namespaced_custom_object(
+                    "modelfleet.io", "v1alpha1", namespace, "modeldeployments", name
+                )
+            else:
+                spec = {
+                    **CPU_SPEC,
+                    "replicas": rng.randint(0, 2) if op == "scale" else 1,
+                    "model": {"version": str(rng.randint(1, 3))},
+                }
+                body = manifest(name, spec, load_seconds=0.2)
+                body["metadata"]["namespace"] = namespace
+                custom.patch_namespaced_custom_object(
+                    "modelfleet.io",
+                    "v1alpha1",
+                    namespace,
+                    "modeldeployments",
+                    name,
+                    body,
+                    field_manager="storm",
+                    force=True,
+                    _content_type="application/apply-patch+yaml",
+                )
+            done.append(f"{op} {name}")
+        except kubernetes.client.ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+        time.sleep(rng.uniform(0, 0.15))
+    api.close()
+
+
+def _converged(k: KubeCluster, namespace: str) -> str | None:
+    """None when every ModelDeployment is reconciled and Ready-or-scaled-to-zero with exactly
+    its own children, and no child is left whose owner is gone; else what is still off."""
+    mds = {
+        m["metadata"]["name"]: m
+        for m in k.kubectl_json("-n", namespace, "get", "mdep")["items"]
+        if not m["metadata"].get("deletionTimestamp")
+    }
+    for name, md in mds.items():
+        st = md.get("status") or {}
+        if st.get("observedGeneration") != md["metadata"]["generation"]:
+            return f"{name}: status not observed for generation {md['metadata']['generation']}"
+        ready = cond(md, "Ready")
+        if ready.get("status") != "True" and ready.get("reason") != "ScaledToZero":
+            return f"{name}: Ready {ready}"
+    for kind in ("deployments", "services", "poddisruptionbudgets"):
+        items = k.kubectl_json("-n", namespace, "get", kind)["items"]
+        names = sorted(i["metadata"]["name"] for i in items)
+        if names != sorted(mds):
+            return f"{kind}: {names} for ModelDeployments {sorted(mds)}"
+        for item in items:
+            refs = item["metadata"].get("ownerReferences") or []
+            uid = mds[item["metadata"]["name"]]["metadata"]["uid"]
+            if [r.get("uid") for r in refs] != [uid]:
+                return f"{kind} {item['metadata']['name']}: owners {refs}, want {uid}"
+    return None
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_storm_converges_every_time(
+    kube_cluster: KubeCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    k = kube_cluster
+    rng = random.Random(20261201)
+    trials = 20
+    for trial in range(trials):
+        operator.start()
+        stop = threading.Event()
+        done: list[str] = []
+        storm = threading.Thread(target=_storm, args=(k, namespace, rng, stop, done))
+        storm.start()
+        time.sleep(rng.uniform(0.2, 3.0))  # a random point in the storm
+        operator.kill()
+        time.sleep(rng.uniform(0, 1.0))  # the storm goes on while the operator is down
+        stop.set()
+        storm.join(30)
+        operator.start()
+        wait_for(
+            lambda: _converged(k, namespace) is None,
+            timeout=120,
+            interval=0.5,
+            what=f"trial {trial}: convergence after SIGKILL ({len(done)} storm ops)",
+            describe=lambda: f"{_converged(k, namespace)}\n{operator.log_tail(40)}",
+        )
+        operator.stop()
+    text = operator.log_path.read_text(errors="replace")
+    assert "Traceback" not in text, operator.log_tail(80)

@@ -14,8 +14,9 @@ from .service import render_service
 __all__ = ["Owner", "RenderConfig", "Strategy", "render_all"]
 
 
-def render_all(owner: Owner, spec: ModelDeploymentSpec, config: RenderConfig,
-               strategy: Strategy) -> list[dict[str, Any]]:
+def render_all(
+    owner: Owner, spec: ModelDeploymentSpec, config: RenderConfig, strategy: Strategy
+) -> list[dict[str, Any]]:
     """Every child the ModelDeployment wants, in apply order."""
     children = [
         render_deployment(owner, spec, config, strategy),

@@ -95,5 +95,6 @@ def metadata(owner: Owner, spec: ModelDeploymentSpec, name: str | None = None) -
 
 
 def passthrough_annotations(owner: Owner) -> dict[str, str]:
-    return {k: v for k, v in owner.annotations.items()
-            if k.startswith(PASSTHROUGH_ANNOTATION_PREFIXES)}
+    return {
+        k: v for k, v in owner.annotations.items() if k.startswith(PASSTHROUGH_ANNOTATION_PREFIXES)
+    }

@@ -52,8 +52,10 @@ class Strategy:
     def manifest(self) -> dict[str, Any]:
         if self.type == "Recreate":
             return {"type": "Recreate"}
-        return {"type": "RollingUpdate", "rollingUpdate": {
-            "maxSurge": self.max_surge, "maxUnavailable": self.max_unavailable}}
+        return {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": self.max_surge, "maxUnavailable": self.max_unavailable},
+        }
 
     def describe(self) -> str:
         if self.type == "Recreate":
@@ -87,16 +89,24 @@ def choose_strategy(spec: ModelDeploymentSpec, replicas: int, spare_pods: int | 
         return Strategy("RollingUpdate", 1, 0, "spec.rollout.strategy is RollingUpdate")
     if spec.gpu is None:
         return Strategy("RollingUpdate", 1, 0, "CPU-only pods: surge one new pod at a time")
-    what = spec.gpu.resource + (f" of product {','.join(spec.gpu.products)}"
-                                if spec.gpu.products else "")
+    what = spec.gpu.resource + (
+        f" of product {','.join(spec.gpu.products)}" if spec.gpu.products else ""
+    )
     if spare_pods is not None and spare_pods >= 1:
-        return Strategy("RollingUpdate", 1, 0,
-                        f"a free {what} fits a surge pod: zero-downtime rolling update")
+        return Strategy(
+            "RollingUpdate", 1, 0, f"a free {what} fits a surge pod: zero-downtime rolling update"
+        )
     if replicas <= 1:
-        return Strategy("Recreate", reason=f"no free {what} for a surge pod: replacing the "
-                        "single replica in place")
-    return Strategy("RollingUpdate", 0, 1, f"no free {what} for a surge pod: replacing one "
-                    "pod at a time (maxSurge 0)")
+        return Strategy(
+            "Recreate",
+            reason=f"no free {what} for a surge pod: replacing the single replica in place",
+        )
+    return Strategy(
+        "RollingUpdate",
+        0,
+        1,
+        f"no free {what} for a surge pod: replacing one pod at a time (maxSurge 0)",
+    )
 
 
 def model_dir(spec: ModelDeploymentSpec) -> str:
@@ -111,31 +121,46 @@ def serve_args(spec: ModelDeploymentSpec) -> list[str]:
     threads = r.threads or cpu_threads(r.resources.cpu)
     args = [
         "serve",
-        "--model-dir", model_dir(spec),
-        "--name", m.name,
-        "--version", m.version,
-        "--format", m.format,
+        "--model-dir",
+        model_dir(spec),
+        "--name",
+        m.name,
+        "--version",
+        m.version,
+        "--format",
+        m.format,
     ]
     if m.entrypoint:
         args += ["--entrypoint", m.entrypoint]
     if m.digest:
         args += ["--digest", m.digest]
     args += [
-        "--device", r.device,
+        "--device",
+        r.device,
     ]
     if r.dtype:
         args += ["--dtype", r.dtype]
     args += [
-        "--max-batch-size", str(r.batching.max_batch_size),
-        "--max-batch-delay-ms", _num(r.batching.max_delay_ms),
-        "--max-queue-size", str(r.batching.max_queue_size),
-        "--host", "0.0.0.0",
-        "--port", str(spec.service.port),
-        "--drain-timeout", str(r.drain_timeout_s),
-        "--max-body-bytes", str(r.max_body_bytes),
-        "--overload-status", str(r.overload_status),
-        "--threads", str(threads),
-        "--log-level", r.log_level,
+        "--max-batch-size",
+        str(r.batching.max_batch_size),
+        "--max-batch-delay-ms",
+        _num(r.batching.max_delay_ms),
+        "--max-queue-size",
+        str(r.batching.max_queue_size),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(spec.service.port),
+        "--drain-timeout",
+        str(r.drain_timeout_s),
+        "--max-body-bytes",
+        str(r.max_body_bytes),
+        "--overload-status",
+        str(r.overload_status),
+        "--threads",
+        str(threads),
+        "--log-level",
+        r.log_level,
     ]
     return args
 
@@ -161,18 +186,28 @@ def _container_security() -> dict[str, Any]:
 
 
 def _probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
-            "failureThreshold": failures, "timeoutSeconds": timeout}
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
 
 
 def _node_affinity_terms(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     exprs: list[dict[str, Any]] = []
     if spec.gpu is not None and spec.gpu.products:
-        exprs.append({"key": GPU_PRODUCT_LABEL, "operator": "In",
-                      "values": list(spec.gpu.products)})
+        exprs.append(
+            {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(spec.gpu.products)}
+        )
     if spec.gpu is not None and spec.gpu.min_memory_mib:
-        exprs.append({"key": GPU_MEMORY_LABEL, "operator": "Gt",
-                      "values": [str(spec.gpu.min_memory_mib - 1)]})
+        exprs.append(
+            {
+                "key": GPU_MEMORY_LABEL,
+                "operator": "Gt",
+                "values": [str(spec.gpu.min_memory_mib - 1)],
+            }
+        )
     return exprs
 
 
@@ -198,8 +233,9 @@ def _tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     return out
 
 
-def render_pod_template(owner: Owner, spec: ModelDeploymentSpec,
-                        config: RenderConfig) -> dict[str, Any]:
+def render_pod_template(
+    owner: Owner, spec: ModelDeploymentSpec, config: RenderConfig
+) -> dict[str, Any]:
     r = spec.runtime
     image = r.image or config.runtime_image
     pull = r.image_pull_policy or config.image_pull_policy
@@ -210,7 +246,9 @@ def render_pod_template(owner: Owner, spec: ModelDeploymentSpec,
     pvc = spec.model.pvc_claim
     model_volume: dict[str, Any] = (
         {"name": "model", "persistentVolumeClaim": {"claimName": pvc, "readOnly": True}}
-        if pvc else {"name": "model", "emptyDir": {"sizeLimit": r.resources.model_cache_size}})
+        if pvc
+        else {"name": "model", "emptyDir": {"sizeLimit": r.resources.model_cache_size}}
+    )
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
@@ -227,8 +265,9 @@ def render_pod_template(owner: Owner, spec: ModelDeploymentSpec,
             "limits": limits,
         },
         # Model download + load + warm-up can take minutes; liveness starts only after it.
-        "startupProbe": _probe(READY_PATH, PROBE_PERIOD_S,
-                               math.ceil(r.startup_timeout_s / PROBE_PERIOD_S), 2),
+        "startupProbe": _probe(
+            READY_PATH, PROBE_PERIOD_S, math.ceil(r.startup_timeout_s / PROBE_PERIOD_S), 2
+        ),
         "readinessProbe": _probe(READY_PATH, PROBE_PERIOD_S, 2, 2),
         "livenessProbe": _probe(LIVE_PATH, 10, 3, 5),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
@@ -263,30 +302,38 @@ def render_pod_template(owner: Owner, spec: ModelDeploymentSpec,
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": r.resources.shm_size}},
         ],
-        "topologySpreadConstraints": [{
-            "maxSkew": spec.scheduling.topology_spread.max_skew,
-            "topologyKey": spec.scheduling.topology_spread.topology_key,
-            "whenUnsatisfiable": spec.scheduling.topology_spread.when_unsatisfiable,
-            "labelSelector": {"matchLabels": selector_labels(owner)},
-            # Spread each revision on its own, so old pods do not skew a rollout.
-            "matchLabelKeys": ["pod-template-hash"],
-        }],
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": spec.scheduling.topology_spread.max_skew,
+                "topologyKey": spec.scheduling.topology_spread.topology_key,
+                "whenUnsatisfiable": spec.scheduling.topology_spread.when_unsatisfiable,
+                "labelSelector": {"matchLabels": selector_labels(owner)},
+                # Spread each revision on its own, so old pods do not skew a rollout.
+                "matchLabelKeys": ["pod-template-hash"],
+            }
+        ],
     }
     if not pvc:
-        pod["initContainers"] = [{
-            "name": FETCH_CONTAINER,
-            "image": image,
-            "imagePullPolicy": pull,
-            "command": ["modelfleet-runtime"],
-            "args": fetch_args(spec),
-            "env": [{"name": "HOME", "value": "/tmp"}],
-            "resources": {"requests": {"cpu": "500m", "memory": "512Mi"},
-                          "limits": {"memory": "1Gi"}},
-            "securityContext": _container_security(),
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT},
-                             {"name": "tmp", "mountPath": "/tmp"}],
-        }]
+        pod["initContainers"] = [
+            {
+                "name": FETCH_CONTAINER,
+                "image": image,
+                "imagePullPolicy": pull,
+                "command": ["modelfleet-runtime"],
+                "args": fetch_args(spec),
+                "env": [{"name": "HOME", "value": "/tmp"}],
+                "resources": {
+                    "requests": {"cpu": "500m", "memory": "512Mi"},
+                    "limits": {"memory": "1Gi"},
+                },
+                "securityContext": _container_security(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": [
+                    {"name": "model", "mountPath": MODEL_MOUNT},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+            }
+        ]
     tolerations = _tolerations(spec)
     if tolerations:
         pod["tolerations"] = tolerations
@@ -304,16 +351,16 @@ def render_pod_template(owner: Owner, spec: ModelDeploymentSpec,
         "kubectl.kubernetes.io/default-container": CONTAINER,
         **passthrough_annotations(owner),
     }
-    return {"metadata": {"labels": labels(owner, spec), "annotations": annotations},
-            "spec": pod}
+    return {"metadata": {"labels": labels(owner, spec), "annotations": annotations}, "spec": pod}
 
 
 def template_hash(template: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def render_deployment(owner: Owner, spec: ModelDeploymentSpec, config: RenderConfig,
-                      strategy: Strategy) -> dict[str, Any]:
+def render_deployment(
+    owner: Owner, spec: ModelDeploymentSpec, config: RenderConfig, strategy: Strategy
+) -> dict[str, Any]:
     template = render_pod_template(owner, spec, config)
     meta = metadata(owner, spec)
     meta["annotations"] = {
@@ -352,5 +399,6 @@ def existing_strategy(deployment: Mapping[str, Any] | None, wanted_hash: str) ->
     current = annotations.get(TEMPLATE_HASH_ANNOTATION, "")
     if not _HASH_RE.match(current) or current != wanted_hash:
         return None
-    return Strategy.from_manifest((deployment.get("spec") or {}).get("strategy"),
-                                  annotations.get(STRATEGY_ANNOTATION, ""))
+    return Strategy.from_manifest(
+        (deployment.get("spec") or {}).get("strategy"), annotations.get(STRATEGY_ANNOTATION, "")
+    )

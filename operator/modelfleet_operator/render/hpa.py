@@ -25,14 +25,22 @@ def render_hpa(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
     assert auto is not None
     metric: dict[str, Any]
     if auto.metric == "cpu":
-        metric = {"type": "Resource", "resource": {
-            "name": "cpu",
-            "target": {"type": "Utilization", "averageUtilization": int(auto.target)}}}
+        metric = {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": int(auto.target)},
+            },
+        }
     else:
         name = CONCURRENCY_METRIC if auto.metric == "concurrency" else RPS_METRIC
-        metric = {"type": "Pods", "pods": {
-            "metric": {"name": name},
-            "target": {"type": "AverageValue", "averageValue": _format_target(auto.target)}}}
+        metric = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": name},
+                "target": {"type": "AverageValue", "averageValue": _format_target(auto.target)},
+            },
+        }
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",

@@ -16,17 +16,20 @@ def render_service(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
         "spec": {
             "type": spec.service.type,
             "selector": selector_labels(owner),
-            "ports": [{
-                "name": "http",
-                "port": spec.service.port,
-                "targetPort": "http",
-                "protocol": "TCP",
-                "appProtocol": "http",
-            }],
+            "ports": [
+                {
+                    "name": "http",
+                    "port": spec.service.port,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
         },
     }
 
 
 def service_url(owner: Owner, spec: ModelDeploymentSpec) -> str:
-    return (f"http://{owner.name}.{owner.namespace}.svc:{spec.service.port}"
-            f"/v2/models/{spec.model.name}")
+    return (
+        f"http://{owner.name}.{owner.namespace}.svc:{spec.service.port}/v2/models/{spec.model.name}"
+    )
