@@ -4,6 +4,9 @@
 CLUSTER_HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "${CLUSTER_HACK_DIR}/versions.env"
+# The real node's DNS. Not in versions.env on purpose: that file keys the whole binary cache,
+# and CoreDNS's own stamp file (.coredns.version) already rebuilds it alone when this changes.
+COREDNS_VERSION=v1.15.0
 
 # Never let Go switch toolchains behind our back: the cache key includes the local Go version.
 export GOTOOLCHAIN=local
