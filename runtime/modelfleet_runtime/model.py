@@ -96,14 +96,18 @@ def _load_module(opts: LoadOptions, weights: Path, device: torch.device) -> Any:
     if not opts.manifest.entrypoint:
         raise LoadError("format safetensors needs an entrypoint (module:callable)")
     factory = _import_entrypoint(opts.manifest.entrypoint, opts.model_dir)
-    module = factory(**opts.manifest.entrypoint_kwargs)
+    # Built and loaded on the target device: no CPU copy of the weights on the way to a GPU.
+    with device:
+        module = factory(**opts.manifest.entrypoint_kwargs)
     if not isinstance(module, torch.nn.Module):
         raise LoadError(f"entrypoint returned {type(module).__name__}, not a torch.nn.Module")
+    state = read_safetensors(weights, device)
     try:
-        module.load_state_dict(read_safetensors(weights), strict=True)
+        module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise LoadError(f"weights do not fit the entrypoint's module: {exc}") from exc
-    return module.to(device)
+    del state
+    return module.to(device)  # parameters the factory left elsewhere
 
 
 class Model:
