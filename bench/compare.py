@@ -473,7 +473,8 @@ def not_first(rows: list[dict[str, Any]]) -> list[str]:
     """The rows where some peer beat modelfleet, metric by metric (what to profile next)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        if r.get("conc") not in (None, "overload"):
+        # a server that answered nothing (every request timed out) wins no latency metric
+        if r.get("conc") not in (None, "overload") and r.get("ok"):
             groups.setdefault((r["model"], r["batching"], r["conc"]), []).append(r)
     lines = []
     metrics = (("rps", max), ("p50_ms", min), ("p99_ms", min), ("cpu_s_per_1k", min))
@@ -525,6 +526,13 @@ def report(
             continue
         b = base.get((r["model"], r["batching"], r["conc"]), {})
         errs = r["failed"] + r["rejected"] + r.get("bad_bodies", 0)
+        if not r.get("ok"):
+            out.append(
+                f"| {r['model']} | {r['batching']} | {r['conc']} | {r['server']} | 0 | - | - | "
+                f"- | - | {errs} (nothing answered within the 10 s client timeout) | - | - | "
+                f"{r['pss_mib']:.0f} |"
+            )
+            continue
         out.append(
             f"| {r['model']} | {r['batching']} | {r['conc']} | {r['server']} | {r['rps']:.1f} | "
             f"{ratio(r['rps'], b.get('rps'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
