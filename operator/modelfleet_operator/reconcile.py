@@ -118,6 +118,11 @@ class InFlight:
         if answer is not None:
             self.answers[what] = answer
 
+    def settled(self, what: tuple[str, ...]) -> None:
+        """The watch shows what was wanted: nothing is on its way any more."""
+        self.sent.pop(what, None)
+        self.answers.pop(what, None)
+
     def forget(self, key: Key) -> None:
         for what in [w for w in self.sent if w[1:3] == key]:
             del self.sent[what]
@@ -170,6 +175,10 @@ class Reconciler:
                 ),
             )
             raise
+        acting = {a.kind for a in the_plan.actions}
+        for kind in CHILD_KINDS:
+            if kind not in acting:
+                self.inflight.settled((kind, *key))
         problems = list(the_plan.problems)
         children = dict(facts.children)
         failed: KubeError | None = None
@@ -280,9 +289,10 @@ class Reconciler:
         key = (str(meta.get("namespace")), str(meta.get("name")))
         previous = md.get("status") or {}
         status, transitions = compute_status(observed, previous, _now())
-        if not status_changed(previous, status):
-            return False
         what = ("ModelDeployment", *key)
+        if not status_changed(previous, status):
+            self.inflight.settled(what)
+            return False
         payload = _fingerprint(
             {k: v for k, v in status.items() if k != "conditions"}
             | {

@@ -457,3 +457,16 @@ def test_queue_retries_failures_with_exponential_backoff_and_isolates_them() -> 
     q = run(main())
     assert done == [("ok", "y")]
     assert q.failures(("bad", "x")) >= 4  # retried, and capped delays kept it coming
+
+
+def test_a_deleted_child_comes_back_after_it_was_converged() -> None:
+    c = cluster()
+    rec = Reconciler(c, c.view(), metrics=c.metrics)  # type: ignore[arg-type]
+    run(rec.reconcile(KEY))
+    rec.view = c.view()
+    run(rec.reconcile(KEY))  # converged: nothing in flight any more
+    del c.objects["Service"][KEY]
+    rec.view = c.view()
+    c.writes.clear()
+    run(rec.reconcile(KEY))
+    assert c.writes == ["apply Service"]
