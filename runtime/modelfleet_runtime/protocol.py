@@ -62,6 +62,9 @@ _KIND = {"BOOL": "true/false", **{n: "numbers" for n in TORCH_DTYPES if n.starts
 # a whole request's lifetime in microseconds fits Triton's uint64 timeout
 MAX_TIMEOUT_US = 2**64 - 1
 MAX_ID_CHARS = 1024
+# values converted per C call: between chunks the event loop can take the GIL back (a 7 MB
+# body is ~1.2M values, ~30 ms of conversion)
+_CHUNK = 1 << 16
 # numpy views of output tensors are serialized by orjson in C (no per-element Python objects)
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -279,7 +282,10 @@ def _from_json(
     code, array_dtype = _ARRAY_CODES[datatype]
     values: array.array[Any] | None = None
     try:
-        values = array.array(code, flat)
+        converted = array.array(code, flat if len(flat) <= _CHUNK else flat[:_CHUNK])
+        for start in range(_CHUNK, len(flat), _CHUNK):  # GIL switch points for big tensors
+            converted.extend(flat[start : start + _CHUNK])
+        values = converted
     except TypeError:  # a string, a null, a float for an integer type: named below
         pass
     except OverflowError:

@@ -207,3 +207,23 @@ def test_decompress_members_and_limits() -> None:
         decompress(bytearray(zlib.compress(body) + b"x"), "deflate", 1 << 20)
     with pytest.raises(BadRequest, match="truncated"):
         decompress(bytearray(gzip.compress(body)[:-4]), "gzip", 1 << 20)
+
+
+def test_big_json_data_is_converted_in_chunks_and_checked_in_every_chunk() -> None:
+    n = 200_000  # past one conversion chunk (65 536 values)
+    manifest = parse_manifest({
+        "format": "torchscript",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, n]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
+    })  # fmt: skip
+    data: list[object] = [float(i) for i in range(n)]
+
+    def body() -> bytes:
+        return json.dumps({"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, n], "data": data},
+        ]}).encode()  # fmt: skip
+
+    assert decode_infer(body(), None, manifest).inputs[0].flatten().tolist() == data
+    data[150_000] = "late"
+    with pytest.raises(BadRequest, match=r'input "x": data is not FP32 .* got "late"'):
+        decode_infer(body(), None, manifest)
