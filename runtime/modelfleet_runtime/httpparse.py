@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import re
 
 import httptools
 
 _SLICE = 4096
-# RFC 9110 5.5: field values are VCHAR / obs-text with SP and HTAB inside; llhttp refuses
-# the other control characters already, this is the same rule for values llhttp lets by.
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class HttpError(Exception):
@@ -98,6 +94,9 @@ class RequestParser:
         self._headers: dict[str, str] = {}
         self._count = 0
         self._exact = 0  # bytes of the target and the complete header fields
+        # Bytes of a chunked body fed since the last data: chunk headers and trailers, which
+        # llhttp would otherwise buffer without bound.
+        self._framing_bytes = 0
         self._body = bytearray()
         self._body_left = -1  # bytes of a Content-Length body still to come; -1 otherwise
         self._current: Request | None = None
@@ -132,6 +131,8 @@ class RequestParser:
             self._pos = start + len(piece)
             if not self._head_done:
                 self._head_bytes += len(piece)
+            elif self._body_left < 0:
+                self._framing_bytes += len(piece)
             try:
                 self._llhttp.feed_data(piece)
             except httptools.HttpParserUpgrade as exc:
@@ -140,6 +141,10 @@ class RequestParser:
                 self._error = _llhttp_error(exc)
             if not self._head_done and self._head_bytes > self.max_header_bytes:
                 self._error = self._error or HttpError(431, "request header section too large")
+            if self._framing_bytes > self.max_header_bytes:
+                self._error = self._error or HttpError(
+                    431, "chunk header or trailer section too large"
+                )
         return ready.popleft()
 
     def _upgrade(self, resume_at: int) -> None:
@@ -167,9 +172,11 @@ class RequestParser:
         self._exact += len(name) + len(value) + 4  # exact: callbacks see whole fields
         if self._exact > self.max_header_bytes:
             raise HttpError(431, "request header section too large")
+        if self._head_done:
+            return  # a trailer field of a chunked body: counted above, never a header
+        # llhttp has refused control characters (all but HTAB, RFC 9110 5.5) and stripped
+        # the whitespace before the value; the whitespace after it is ours to drop.
         value = value.rstrip(b" \t")
-        if _BAD_VALUE.search(value):
-            raise HttpError(400, "control character in a header value")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self._headers
@@ -196,7 +203,7 @@ class RequestParser:
         if te is not None:
             if version == "1.0":
                 raise HttpError(400, "chunked encoding in an HTTP/1.0 request")
-            if te.strip().lower() != "chunked":
+            if te.strip(" \t").lower() != "chunked":
                 raise HttpError(501, f"unsupported Transfer-Encoding {te!r}: only chunked")
         elif cl is not None:  # llhttp has checked: one value, ASCII digits only
             length = int(cl)
@@ -210,10 +217,10 @@ class RequestParser:
             raise HttpError(400, "a protocol upgrade request cannot carry a body here")
         expect = headers.get("expect")
         if expect is not None:
-            if expect.strip().lower() != "100-continue":
+            if expect.strip(" \t").lower() != "100-continue":
                 raise HttpError(417, f"unsupported Expect {expect!r}")
             self.expects_continue = version == "1.1" and (te is not None or self._body_left > 0)
-        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        tokens = {t.strip(" \t").lower() for t in headers.get("connection", "").split(",")}
         keep_alive = "close" not in tokens if version == "1.1" else "keep-alive" in tokens
         try:
             target = b"".join(self._url).decode("ascii")
@@ -223,7 +230,11 @@ class RequestParser:
         self._current = Request(method, target, f"HTTP/{version}", headers, self._body,
                                 keep_alive)  # fmt: skip
 
+    def on_chunk_header(self) -> None:
+        self._framing_bytes = 0
+
     def on_body(self, body: bytes) -> None:
+        self._framing_bytes = 0
         self._body += body
         if self._body_left >= 0:
             self._body_left -= len(body)
@@ -238,5 +249,6 @@ class RequestParser:
         self._head_done = False
         self._body_left = -1
         self._head_bytes = 0
+        self._framing_bytes = 0
         self.expects_continue = False
         self._ready.append(req)

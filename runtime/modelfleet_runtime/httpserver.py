@@ -35,6 +35,7 @@ _SWEEP_S = 1.0
 _FD_RESERVE = 64  # descriptors kept for everything but client connections (logs, torch, ...)
 _LOG_EVERY_S = 10.0  # one line per kind of event-loop error per this many seconds
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINGER_S = 2.0  # how long input is drained after an error answer before the close
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -250,6 +251,9 @@ class Connection(asyncio.Protocol):
         self.write_paused = False  # the transport's buffer is above its high-water mark
         self.reading_paused = False
         self._parsing = False  # inside _process (a handler may answer synchronously)
+        self.eof = False  # the client half-closed: it sends nothing more
+        self.linger = False  # close with FIN-and-drain, not at once (after an error)
+        self.lingering_since: float | None = None
         now = asyncio.get_running_loop().time()
         self.idle_since = now
         self.request_since = now
@@ -285,6 +289,17 @@ class Connection(asyncio.Protocol):
             self.request_since = asyncio.get_running_loop().time()  # a new request's first byte
         self.parser.feed(data)
         self._process()
+
+    def eof_received(self) -> bool:
+        """The client sent all it will send: answer that, then close (a half-closing
+        client still reads)."""
+        if self.lingering_since is not None:
+            return False  # the client's half of a lingering close: done
+        self.eof = True
+        self._process()
+        if not self.pending and not self.closing and self.transport is not None:
+            self._close(self.transport, asyncio.get_running_loop().time())
+        return True
 
     def pause_writing(self) -> None:  # the client reads slower than we answer
         self.write_paused = True
@@ -402,14 +417,30 @@ class Connection(asyncio.Protocol):
         if self.closing or self.server.draining:
             if self.server.draining and not self.parser.idle and not self.closing:
                 return  # a request is arriving: let it finish, its answer will close
-            self.closing = True
-            transport.close()
+            self._close(transport, now)
             return
         self._process()  # requests parsed or buffered while we were busy
+        if self.eof and not self.pending and self.transport is not None:
+            self._close(self.transport, now)  # the client half-closed: all it sent is answered
+
+    def _close(self, transport: asyncio.Transport, now: float) -> None:
+        self.closing = True
+        if not self.linger:
+            transport.close()
+            return
+        # After an error the client may still be sending (a body we refused): closing with
+        # unread input would send a reset that can destroy our answer before it is read.
+        # Send FIN instead, drain what comes, close on its EOF or after a moment.
+        self.lingering_since = now
+        transport.write_eof()
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
 
     def _fail(self, exc: HttpError) -> None:
         """Unreadable request: answer it after the ones before it, then close."""
         self.closing = True
+        self.linger = True
         if self.server.on_refused is not None:
             self.server.on_refused(exc.status)
         slot: list[bytes | None] = [None]
@@ -429,6 +460,13 @@ class Connection(asyncio.Protocol):
         if taken > self._bytes_taken or not buffered:
             self._bytes_taken = taken
             self.write_progress_at = now
+        if self.lingering_since is not None:
+            if buffered:  # the linger clock starts once our answer (and FIN) is out
+                self.lingering_since = now
+            else:
+                if now - self.lingering_since > _LINGER_S:
+                    self.abort()
+                return
         action = verdict(
             now=now,
             limits=self.server.limits,

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,13 @@ def free_port() -> int:
 class Runtime:
     """One ``python -m modelfleet_runtime serve`` process."""
 
-    def __init__(self, model_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.port = free_port()
         self.model_dir = model_dir
         self.log_path = model_dir.parent / f"{model_dir.name}-{self.port}.log"
@@ -41,6 +47,7 @@ class Runtime:
             [sys.executable, "-m", "modelfleet_runtime", "serve", "--model-dir", str(model_dir),
              "--host", "127.0.0.1", "--port", str(self.port), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 (tests pass a bare setrlimit)
         )  # fmt: skip
 
     @property
