@@ -9,8 +9,8 @@ transport's write buffer is above its high-water mark (the client reads slower t
 answer) nothing more is read *or parsed*. Every state a connection can sit in has a clock
 (``verdict``): idle keep-alive, a request arriving (the whole request, not the gap between
 bytes: slowloris), answers the client does not read (``abort()``: ``close()`` would wait for
-a buffer that never drains). Connections beyond ``max_connections`` push out the longest-idle
-keep-alive connection, or are answered 503 and closed.
+a buffer that never drains). Connections beyond ``max_connections`` push out an idle connection
+(one that never sent a request first), or are answered 503 and closed.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ _FD_RESERVE = 64  # descriptors kept for everything but client connections (logs
 _LOG_EVERY_S = 10.0  # one line per kind of event-loop error per this many seconds
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_S = 2.0  # how long input is drained after an error answer before the close
+_EVICT_IDLE_S = 1.0  # a used keep-alive connection idle this long may make room for a new one
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -211,12 +212,19 @@ class HttpServer:
         """Room for one more connection: push out the longest-idle keep-alive one if full."""
         if len(self.connections) < self.max_connections:
             return True
+        # Connections that never sent a request go first (a flood of idle connections looks
+        # like that), oldest first; then keep-alive ones idle for a while. A keep-alive
+        # connection idle for a moment belongs to a client about to send its next request:
+        # closing it would fail that request, so the newcomer is refused instead.
+        now = asyncio.get_running_loop().time()
         idle = [c for c in self.connections if c.evictable()]
-        if idle:
-            min(idle, key=lambda c: c.idle_since).abort()
+        unused = [c for c in idle if not c.requests]
+        stale = [c for c in idle if now - c.idle_since >= _EVICT_IDLE_S]
+        victims = unused or stale
+        if victims:
+            min(victims, key=lambda c: c.idle_since).abort()
             return True
         self.refused_connections += 1
-        now = asyncio.get_running_loop().time()
         if now - self._last_full_log >= _LOG_EVERY_S:
             self._last_full_log = now
             log.warning("connection refused: %d connections, all busy (%d refused so far)",
@@ -252,6 +260,7 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False
         self._parsing = False  # inside _process (a handler may answer synchronously)
         self.eof = False  # the client half-closed: it sends nothing more
+        self.requests = 0  # read on this connection so far
         self.linger = False  # close with FIN-and-drain, not at once (after an error)
         self.lingering_since: float | None = None
         now = asyncio.get_running_loop().time()
@@ -359,6 +368,7 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, req: Request) -> None:
         slot: list[bytes | None] = [None]
         self.pending.append(slot)
+        self.requests += 1
         server = self.server
         server.inflight += 1
         keep_alive = req.keep_alive
