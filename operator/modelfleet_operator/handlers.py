@@ -99,6 +99,15 @@ def _key_of(namespace: str | None, name: str | None) -> Key | None:
     return (namespace, name) if namespace and name else None
 
 
+def _echo(memo: Any, kind: str, body: kopf.Body) -> bool:
+    """Whether this event is the watch showing our own last write of the object (no news:
+    the reconcile that wrote it already used the API's answer)."""
+    rec = _rt(memo).reconciler
+    meta = body.get("metadata") or {}
+    what = (kind, str(meta.get("namespace")), str(meta.get("name")))
+    return rec is not None and rec.inflight.is_echo(what, str(meta.get("resourceVersion") or ""))
+
+
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach the handlers to ``registry`` (explicit, so tests can build their own)."""
 
@@ -146,16 +155,24 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     # --- events: which ModelDeployment to reconcile ------------------------------------------
 
-    async def on_md(*, memo: Any, namespace: str | None, name: str | None, **_: Any) -> None:
+    async def on_md(
+        *, memo: Any, body: kopf.Body, namespace: str | None, name: str | None, **_: Any
+    ) -> None:
         queue, key = _queue(memo), _key_of(namespace, name)
-        if queue is not None and key is not None:
+        if queue is not None and key is not None and not _echo(memo, "ModelDeployment", body):
             queue.add(key, "md")
 
     kopf.on.event(*MD, registry=registry, id="md")(on_md)
 
     async def on_child(*, memo: Any, body: kopf.Body, namespace: str | None, **kw: Any) -> None:
         queue, key = _queue(memo), _key_of(namespace, owner_of_child(body))
-        if queue is not None and key is not None and key in kw[INDEX["ModelDeployment"]]:
+        kind = str(body.get("kind"))
+        if (
+            queue is not None
+            and key is not None
+            and key in kw[INDEX["ModelDeployment"]]
+            and (not _echo(memo, kind, body))
+        ):
             queue.add_soon(key, f"child-{body.get('kind')}", SETTLE_S)
 
     for kind, resource in CHILDREN.items():

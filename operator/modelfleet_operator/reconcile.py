@@ -100,6 +100,11 @@ class InFlight:
     sent: dict[tuple[str, ...], tuple[str, str]] = field(default_factory=dict)
     # The API's answer to a Deployment write, which status reads until the watch shows it.
     answers: dict[tuple[str, ...], Mapping[str, Any]] = field(default_factory=dict)
+    # resourceVersion each write produced: its watch event is our own echo, no news.
+    echoes: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def is_echo(self, what: tuple[str, ...], resource_version: str) -> bool:
+        return bool(resource_version) and self.echoes.get(what) == resource_version
 
     def pending(self, what: tuple[str, ...], seen_rv: str, payload: str) -> bool:
         if self.sent.get(what) == (seen_rv, payload):
@@ -113,8 +118,11 @@ class InFlight:
         seen_rv: str,
         payload: str,
         answer: Mapping[str, Any] | None = None,
+        new_rv: str = "",
     ) -> None:
         self.sent[what] = (seen_rv, payload)
+        if new_rv:
+            self.echoes[what] = new_rv
         if answer is not None:
             self.answers[what] = answer
 
@@ -124,9 +132,10 @@ class InFlight:
         self.answers.pop(what, None)
 
     def forget(self, key: Key) -> None:
-        for what in [w for w in self.sent if w[1:3] == key]:
-            del self.sent[what]
+        for what in [w for w in {*self.sent, *self.echoes} if w[1:3] == key]:
+            self.sent.pop(what, None)
             self.answers.pop(what, None)
+            self.echoes.pop(what, None)
 
 
 def _rv(obj: Mapping[str, Any] | None) -> str:
@@ -251,9 +260,8 @@ class Reconciler:
             )
         out = await self.kube.apply(action.desired)
         self.metrics.applies.labels(action.kind).inc()
-        self.inflight.remember(
-            what, live_rv, payload, trim_child(out) if action.kind == "Deployment" else None
-        )
+        answer = trim_child(out) if action.kind == "Deployment" else None
+        self.inflight.remember(what, live_rv, payload, answer, _rv(out))
         return out
 
     def _observed(
@@ -304,8 +312,8 @@ class Reconciler:
         )
         if self.inflight.pending(what, _rv(md), payload):
             return False
-        await self.kube.patch_status(key[0], key[1], status)
-        self.inflight.remember(what, _rv(md), payload)
+        answer = await self.kube.patch_status(key[0], key[1], status)
+        self.inflight.remember(what, _rv(md), payload, new_rv=_rv(answer))
         self.metrics.status_writes.inc()
         for t in transitions:
             log.info("%s/%s: %s=%s %s: %s", *key, t.type, t.status, t.reason, t.message)
