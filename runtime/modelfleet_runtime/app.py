@@ -232,8 +232,10 @@ class App:
             header_len: int | None = None
             raw_len = req.headers.get("inference-header-content-length")
             if raw_len is not None:
-                if not (raw_len.isascii() and raw_len.isdigit()):
-                    raise BadRequest("Inference-Header-Content-Length must be an integer")
+                # bounded before int(): past 4300 digits int() raises ValueError (a 500)
+                if not (raw_len.isascii() and raw_len.isdigit()) or len(raw_len) > 20:
+                    raise BadRequest("Inference-Header-Content-Length must be a byte count "
+                                     "(up to 20 decimal digits)")  # fmt: skip
                 header_len = int(raw_len)
             batcher.check_admission()  # before decoding: refusals must stay cheap
             if self._decoding >= self.cfg.max_queue_size:

@@ -48,8 +48,8 @@ _ARRAY_CODES = {
     "BOOL": ("b", torch.int8), "UINT8": ("B", torch.uint8), "UINT16": ("H", torch.uint16),
     "UINT32": ("I", torch.uint32), "UINT64": ("Q", torch.uint64), "INT8": ("b", torch.int8),
     "INT16": ("h", torch.int16), "INT32": ("i", torch.int32), "INT64": ("q", torch.int64),
-    "FP16": ("f", torch.float32), "FP32": ("f", torch.float32), "FP64": ("d", torch.float64),
-    "BF16": ("f", torch.float32),
+    "FP16": ("d", torch.float64), "FP32": ("f", torch.float32), "FP64": ("d", torch.float64),
+    "BF16": ("d", torch.float64),
 }  # fmt: skip
 ITEM_SIZE = {name: torch.empty((), dtype=dt).element_size() for name, dt in TORCH_DTYPES.items()}
 # JSON value types each datatype's "data" may hold: no booleans in numbers, no floats in
@@ -62,6 +62,9 @@ _KIND = {"BOOL": "true/false", **{n: "numbers" for n in TORCH_DTYPES if n.starts
 # a whole request's lifetime in microseconds fits Triton's uint64 timeout
 MAX_TIMEOUT_US = 2**64 - 1
 MAX_ID_CHARS = 1024
+# torch sizes and strides are int64: a shape whose dimensions (zeros counted as 1) multiply past
+# this cannot be a tensor even when it holds no element ([0, 2**63] would crash torch.empty)
+MAX_EXTENT = 2**62
 # values converted per C call: between chunks the event loop can take the GIL back (a 7 MB
 # body is ~1.2M values, ~30 ms of conversion)
 _CHUNK = 1 << 16
@@ -78,10 +81,18 @@ def _loads(raw: bytes | bytearray) -> Any:
     except orjson.JSONDecodeError as exc:
         if "depth" in str(exc) or "recursion" in str(exc):  # a nesting bomb: refuse outright
             raise BadRequest("request JSON is nested too deeply (more than 1024 levels)") from None
+    # JSON on the wire is UTF-8 (RFC 8259 8.1): decoding first refuses UTF-16/32 bodies, which
+    # json.loads(bytes) would otherwise guess at (and the boolean scan in decode_infer, which
+    # looks for the UTF-8 bytes of true/false, would miss)
+    text = bytes(raw).decode("utf-8-sig")  # a byte order mark may be ignored (RFC 8259 8.1)
     try:
-        return json.loads(raw)
+        return json.loads(text)
     except RecursionError:
         raise BadRequest("request JSON is nested too deeply") from None
+    except ValueError as exc:
+        if "digits" in str(exc) and not isinstance(exc, json.JSONDecodeError):
+            raise BadRequest("a number in the request JSON has more than 4300 digits") from None
+        raise
 
 
 @dataclasses.dataclass(slots=True)
@@ -107,7 +118,28 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
     ):
         raise BadRequest(f'input "{name}": "shape" must be a list of non-negative integers')
+    if math.prod(max(d, 1) for d in raw) > MAX_EXTENT:
+        raise BadRequest(f'input "{name}": "shape" {_shown(raw)} is too large for a tensor')
     return tuple(raw)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A client's value quoted in an error message: as JSON, cut to ``limit`` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=True)
+    except ValueError:  # an integer past Python's 4300-digit conversion limit
+        text = "a very long number"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _utf8(text: str, what: str) -> str:
+    """Strings that are echoed must be valid Unicode: the stdlib fallback parser accepts lone
+    surrogate escapes ("\\ud800") that no UTF-8 answer can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{what} holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    return text
 
 
 def decode_infer(
@@ -130,7 +162,9 @@ def decode_infer(
     try:
         text = body[:header_length] if header_length != len(body) else body
         doc = _loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request JSON is not valid UTF-8 (byte {exc.start})") from None
+    except ValueError as exc:
         raise BadRequest(f"malformed JSON in request body: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object with an 'inputs' list")
@@ -153,13 +187,16 @@ def decode_infer(
         name = raw["name"]
         found = specs.get(name)
         if found is None:
-            raise _bad(None, manifest, f'unknown input "{name}"')
+            shown = _shown(_utf8(name, "an input name"), 200)
+            raise _bad(None, manifest, f"unknown input {shown}")
         index, spec = found
         if tensors[index] is not None:
             raise _bad(spec, manifest, f'input "{name}" given twice')
         datatype = raw.get("datatype")
         if datatype != spec.datatype:
-            raise _bad(spec, manifest, f'input "{name}": datatype {datatype} does not match')
+            raise _bad(
+                spec, manifest, f'input "{name}": datatype {_shown(datatype)} does not match'
+            )
         shape = _shape(raw.get("shape"), name)
         if not spec.shape_matches(shape):
             shown = ",".join(map(str, shape))
@@ -169,8 +206,18 @@ def decode_infer(
         params = raw.get("parameters")
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(body):
-                raise BadRequest(f'input "{name}": binary_data_size {size} overruns the body')
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BadRequest(f'input "{name}": binary_data_size must be a byte count '
+                                 f"(a non-negative integer), got {_shown(size)}")  # fmt: skip
+            if "data" in raw:
+                raise BadRequest(f'input "{name}" has both "data" and binary_data_size')
+            if offset + size > len(body):
+                raise BadRequest(
+                    f'input "{name}": binary_data_size {size} overruns the body '
+                    f"({len(body) - offset} bytes of binary data left"
+                    + ("; is Inference-Header-Content-Length missing?)" if offset == len(body)
+                       and header_length == len(body) else ")")
+                )  # fmt: skip
             want = count * ITEM_SIZE[datatype]
             if size != want:
                 raise _bad(
@@ -226,6 +273,8 @@ def decode_infer(
         raise BadRequest(f"'id' must be a string (got a JSON {_json_type(req_id)})")
     if req_id is not None and len(req_id) > MAX_ID_CHARS:
         raise BadRequest(f"'id' is longer than {MAX_ID_CHARS} characters")
+    if req_id is not None:
+        _utf8(req_id, "'id'")
     return InferRequest(
         id=req_id,
         inputs=tensors,  # type: ignore[arg-type]  # every slot filled (checked above)
@@ -297,9 +346,30 @@ def _from_json(
     if values is None:  # the types were fine, so array.array's complaint was the range
         raise _bad(spec, manifest, f'input "{name}": a value is out of range for {datatype}')
     tensor = torch.frombuffer(values, dtype=array_dtype)
-    if array_dtype != dtype:
+    if datatype == "FP16":  # numpy rounds float64 -> float16 once (torch goes via float32)
+        with np.errstate(over="ignore"):  # past 65504 is inf, as a cast in C gives
+            tensor = torch.from_numpy(tensor.numpy().astype(np.float16))
+    elif datatype == "BF16":
+        tensor = _round_to_bf16(tensor.numpy())
+    elif array_dtype != dtype:
         tensor = tensor.to(dtype)
     return tensor.view(shape)
+
+
+def _round_to_bf16(values: np.ndarray[Any, Any]) -> torch.Tensor:
+    """float64 -> bfloat16 rounded once to nearest-even. Through float32 it would round twice
+    (1 + 2**-8 + 2**-40 became 1.0, not 1 + 2**-7): rounding to float32 *to odd* first (the
+    inexact bit kept in the last place) makes the second, float32 -> bfloat16, rounding exact."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = values.astype(np.float32)
+        wide = narrow.astype(np.float64)
+        over = np.abs(wide) > np.abs(values)  # rounded away from zero: step back toward it
+        narrow[over] = np.nextafter(narrow[over], np.float32(0))
+        inexact = narrow.astype(np.float64) != values
+        inexact &= ~np.isnan(values)
+    bits = narrow.view(np.uint32)
+    bits[inexact] |= 1
+    return torch.from_numpy(narrow).to(torch.bfloat16)
 
 
 def _check_types(flat: list[Any], spec: TensorSpec, manifest: Manifest) -> None:
@@ -328,7 +398,7 @@ def _flatten(data: list[Any], spec: TensorSpec, manifest: Manifest) -> list[Any]
 
 
 def _requested_outputs(raw: Any, manifest: Manifest, binary_all: bool) -> list[tuple[int, bool]]:
-    if raw is None:
+    if raw is None or raw == []:  # none named: every output (as Triton does for [])
         return [(i, binary_all) for i in range(len(manifest.outputs))]
     if not isinstance(raw, list):
         raise BadRequest("'outputs' must be a list")
@@ -339,8 +409,8 @@ def _requested_outputs(raw: Any, manifest: Manifest, binary_all: bool) -> list[t
         name = item.get("name") if isinstance(item, dict) else None
         if not isinstance(name, str) or name not in index:
             names = ", ".join(s.signature() for s in manifest.outputs)
-            shown = name if isinstance(name, str) else json.dumps(name)
-            raise BadRequest(f'unknown output "{shown[:200]}"; the model outputs {names}')
+            shown = _utf8(name, "an output name")[:200] if isinstance(name, str) else _shown(name)
+            raise BadRequest(f'unknown output "{shown}"; the model outputs {names}')
         if name in seen:  # each copy would be encoded again: an answer-size amplifier
             raise BadRequest(f'output "{name}" is requested more than once')
         seen.add(name)
@@ -460,4 +530,10 @@ def _inflate(data: bytes | bytearray, wbits: int, limit: int, *, multi: bool,
 
 
 def dumps(doc: Any) -> bytes:
-    return orjson.dumps(doc)
+    """A small document (an error, metadata) as JSON. A string no UTF-8 text can hold (a lone
+    surrogate quoted from a request) is written with U+FFFD in its place, never a 500."""
+    try:
+        return orjson.dumps(doc)
+    except orjson.JSONEncodeError:
+        text = json.dumps(doc, ensure_ascii=False)
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode()
