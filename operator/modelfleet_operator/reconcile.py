@@ -192,23 +192,29 @@ class Reconciler:
         children = dict(facts.children)
         failed: KubeError | None = None
         wrote = False
-        for action in the_plan.actions:
-            try:
-                out = await self._execute(key, the_plan.owner, action)
-            except KubeError as exc:
-                log.warning("%s/%s: %s %s failed: %s", *key, action.op, action.kind, exc)
+        # Children are independent of each other: written concurrently, one request each.
+        outcomes = await asyncio.gather(
+            *(self._execute(key, the_plan.owner, a) for a in the_plan.actions),
+            return_exceptions=True,
+        )
+        for action, out in zip(the_plan.actions, outcomes, strict=True):
+            if isinstance(out, BaseException) and not isinstance(out, KubeError):
+                raise out
+            if isinstance(out, KubeError):
+                log.warning("%s/%s: %s %s failed: %s", *key, action.op, action.kind, out)
                 problems.append(
                     Problem(
                         Reason.APPLY_FAILED,
                         (
-                            f"{action.kind} {the_plan.owner.name}: {exc.status} {exc.reason}: "
-                            f"{exc.message}"
+                            f"{action.kind} {the_plan.owner.name}: {out.status} {out.reason}: "
+                            f"{out.message}"
                         ),
                     )
                 )
-                failed = failed or exc
+                failed = failed or out
                 continue
             wrote = True
+            assert not isinstance(out, BaseException)
             if action.op == DELETE:
                 children.pop(action.kind, None)
             elif out is not None:
