@@ -129,6 +129,8 @@ def _shown(value: Any, limit: int = 80) -> str:
         text = json.dumps(value, ensure_ascii=False, allow_nan=True)
     except ValueError:  # an integer past Python's 4300-digit conversion limit
         text = "a very long number"
+    except RecursionError:  # orjson parses 1024 levels; the stdlib encoder stops near 1000
+        text = f"a JSON {_json_type(value)} nested too deeply to show"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -377,7 +379,7 @@ def _check_types(flat: list[Any], spec: TensorSpec, manifest: Manifest) -> None:
     if set(map(type, flat)) <= allowed:
         return
     bad = next(v for v in flat if type(v) not in allowed)
-    shown = json.dumps(bad)[:40] if not isinstance(bad, float) else repr(bad)
+    shown = _shown(bad, 40) if not isinstance(bad, float) else repr(bad)
     kind = _KIND.get(spec.datatype, "integers")
     raise _bad(
         spec, manifest,

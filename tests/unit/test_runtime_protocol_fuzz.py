@@ -409,3 +409,25 @@ def test_error_documents_never_fail_to_encode() -> None:
     assert json.loads(dumps({"error": 'unknown input "\ud800"'})) == {
         "error": 'unknown input "\ufffd\ufffd\ufffd"'
     }
+
+
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'], ids=["array", "object"])
+@pytest.mark.parametrize("where", ["data", "datatype", "output"])
+def test_values_nested_near_the_depth_limit_are_quoted_without_recursion(
+    opener: bytes, where: str
+) -> None:
+    """orjson parses 1024 levels; quoting such a value in the error message with the stdlib
+    encoder (which stops near 1000) raised RecursionError: a 500."""
+    closer = b"]" if opener == b"[" else b"}"
+    deep = opener * 1015 + b"1" + closer * 1015
+    x = b'{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2]}'
+    b = b'{"name":"b","datatype":"BOOL","shape":[1],"data":[true]}'
+    if where == "data":
+        x = x.replace(b"[1,2]}", b"[1," + deep + b"]}")
+    elif where == "datatype":
+        x = x.replace(b'"FP32"', deep)
+    body = b'{"inputs":[' + x + b"," + b + b"]"
+    body += b',"outputs":[{"name":' + deep + b"}]}" if where == "output" else b"}"
+    with pytest.raises(ServingError) as err:
+        decode_infer(body, None, SMALL)
+    assert err.value.status == 400 and "nested too deeply to show" in err.value.message
