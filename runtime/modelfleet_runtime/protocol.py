@@ -206,6 +206,7 @@ def decode_infer(
         count = math.prod(shape)
         dtype = TORCH_DTYPES[datatype]
         params = raw.get("parameters")
+        _no_extension(params, f'input "{name}"')
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -399,6 +400,24 @@ def _flatten(data: list[Any], spec: TensorSpec, manifest: Manifest) -> list[Any]
     return data
 
 
+# Triton extensions whose parameters change where data lives or what an answer holds: ignoring
+# them would answer something other than what was asked (raw scores for top-k labels, data in
+# the body instead of a shared-memory region), so they are refused by name
+_UNSUPPORTED = {
+    "classification": "the classification extension",
+    "shared_memory_region": "the shared-memory extension",
+    "shared_memory_byte_size": "the shared-memory extension",
+    "shared_memory_offset": "the shared-memory extension",
+}
+
+
+def _no_extension(params: Any, where: str) -> None:
+    if isinstance(params, dict):
+        for key in params.keys() & _UNSUPPORTED.keys():
+            raise BadRequest(f"{where}: parameter {key!r} needs {_UNSUPPORTED[key]}, which this "
+                             "server does not support")  # fmt: skip
+
+
 def _requested_outputs(raw: Any, manifest: Manifest, binary_all: bool) -> list[tuple[int, bool]]:
     if raw is None or raw == []:  # none named: every output (as Triton does for [])
         return [(i, binary_all) for i in range(len(manifest.outputs))]
@@ -417,6 +436,7 @@ def _requested_outputs(raw: Any, manifest: Manifest, binary_all: bool) -> list[t
             raise BadRequest(f'output "{name}" is requested more than once')
         seen.add(name)
         params = item.get("parameters")
+        _no_extension(params, f'output "{name}"')
         binary = binary_all
         if isinstance(params, dict) and "binary_data" in params:
             binary = params["binary_data"] is True

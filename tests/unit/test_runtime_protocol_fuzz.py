@@ -9,6 +9,7 @@ import fractions
 import gzip
 import json
 import math
+import os
 import zlib
 from typing import Any
 
@@ -50,7 +51,12 @@ SMALL = parse_manifest({
                {"name": "b", "datatype": "BOOL", "shape": [-1]}],
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
 })  # fmt: skip
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# MODELFLEET_FUZZ_EXAMPLES=5000 for a deeper run than the default suite's
+FUZZ = settings(
+    max_examples=int(os.environ.get("MODELFLEET_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def decode_or_4xx(body: bytes, header_len: int | None, manifest: Any = SMALL) -> Any:
@@ -431,3 +437,23 @@ def test_values_nested_near_the_depth_limit_are_quoted_without_recursion(
     with pytest.raises(ServingError) as err:
         decode_infer(body, None, SMALL)
     assert err.value.status == 400 and "nested too deeply to show" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("where", "key"),
+    [("input", "shared_memory_region"), ("output", "classification"),
+     ("output", "shared_memory_region"), ("input", "shared_memory_byte_size")],
+)  # fmt: skip
+def test_unsupported_extensions_are_refused_not_ignored(where: str, key: str) -> None:
+    """Ignoring these would answer something else than asked (raw scores for top-k labels)."""
+    x: dict[str, Any] = {"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1]}
+    doc: dict[str, Any] = {"inputs": [x, {"name": "b", "datatype": "BOOL", "shape": [1],
+                                          "data": [True]}]}  # fmt: skip
+    if where == "input":
+        x["parameters"] = {key: "region0"}
+    else:
+        doc["outputs"] = [{"name": "y", "parameters": {key: 3}}]
+    with pytest.raises(ServingError) as err:
+        decode_infer(json.dumps(doc).encode(), None, SMALL)
+    assert err.value.status == 400 and f"parameter '{key}'" in err.value.message
+    assert "does not support" in err.value.message
