@@ -183,7 +183,7 @@ class HttpServer:
         self.on_refused: Callable[[int], None] | None = None
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._full = _serialize(
+        self.refusal = _serialize(
             Response(503, error_body("too many connections"), headers=(("Retry-After", "1"),)),
             close=True,
         )
@@ -282,7 +282,7 @@ class Connection(asyncio.Protocol):
             return
         if not server.admit(self):
             self.closing = True
-            transport.write(server._full)
+            transport.write(server.refusal)
             transport.close()  # a few hundred bytes: the socket buffer takes them at once
             return
         server.connections.add(self)
