@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import pathlib
@@ -69,7 +70,9 @@ def body(name: str) -> dict[str, Any]:
     }
 
 
-def kwok_node(name: str) -> dict[str, Any]:
+def kwok_node(name: str, index: int) -> dict[str, Any]:
+    # kwok gives pods addresses from the node's podCIDR: without one they stay Pending.
+    cidr = f"10.250.{index}.0/24"
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -78,7 +81,12 @@ def kwok_node(name: str) -> dict[str, Any]:
             "labels": {"kubernetes.io/hostname": name, "type": "kwok", "mf-bench": "true"},
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
         },
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
         "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": f"127.0.20.{index + 1}"},
+                {"type": "Hostname", "address": name},
+            ],
             "allocatable": {"cpu": "2000", "memory": "8Ti", "pods": str(PODS_PER_NODE)},
             "capacity": {"cpu": "2000", "memory": "8Ti", "pods": str(PODS_PER_NODE)},
         },
@@ -125,9 +133,9 @@ def room(api: client.ApiClient, n: int) -> list[str]:
     """Nodes and Service addresses for n more serving pods; returns the nodes made."""
     core = client.CoreV1Api(api)
     names = [f"mf-bench-cpu-{i}" for i in range(n // PODS_PER_NODE + 1)]
-    for name in names:
+    for i, name in enumerate(names):
         try:
-            core.create_node(kwok_node(name))
+            core.create_node(kwok_node(name, i))
         except client.exceptions.ApiException as exc:
             if exc.status != 409:
                 raise
@@ -187,8 +195,9 @@ def follow(
             time.sleep(0.2)
 
 
-def start_operator(kubeconfig: str, source: str | None) -> tuple[subprocess.Popen[bytes], int, int,
-                                                                 pathlib.Path]:
+def start_operator(
+    kubeconfig: str, source: str | None
+) -> tuple[subprocess.Popen[bytes], int, int, pathlib.Path]:
     health, metrics = free_port(), free_port()
     log_path = pathlib.Path(tempfile.mkdtemp(prefix="bench-operator-")) / "operator.log"
     env = dict(os.environ, KUBECONFIG=kubeconfig, PYTHONUNBUFFERED="1")
@@ -196,10 +205,22 @@ def start_operator(kubeconfig: str, source: str | None) -> tuple[subprocess.Pope
         env["PYTHONPATH"] = str(pathlib.Path(source) / "operator")
     with log_path.open("wb") as log:
         op = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet_operator", "--all-namespaces", "--liveness",
-             f"http://127.0.0.1:{health}/healthz", "--metrics-port", str(metrics),
-             "--kubeconfig", kubeconfig],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "modelfleet_operator",
+                "--all-namespaces",
+                "--liveness",
+                f"http://127.0.0.1:{health}/healthz",
+                "--metrics-port",
+                str(metrics),
+                "--kubeconfig",
+                kubeconfig,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
             cwd=source or ROOT,
         )
     for _ in range(240):
@@ -213,7 +234,61 @@ def start_operator(kubeconfig: str, source: str | None) -> tuple[subprocess.Pope
     return op, health, metrics, log_path
 
 
-def main() -> int:  # noqa: PLR0915 (one linear story)
+def report(out: dict[str, Any], args: argparse.Namespace, log_path: pathlib.Path) -> None:
+    rec, rdy = out["reconciled"], out["ready"]
+    print(
+        f"\noperator benchmark: {args.n} ModelDeployments created at once "
+        f"({out['source']}; operator log {log_path})"
+    )
+    print(
+        f"created in {out['create_seconds']:.1f} s from {args.threads} threads; "
+        f"all Ready after {out['all_ready_s']:.1f} s"
+    )
+    print("| figure | value | goal |")
+    print("|---|---:|---|")
+    rows = [
+        ("reconciled (children + status)", f"{len(rec)}/{args.n}", ""),
+        (
+            "create -> reconciled p50 / p99 s",
+            f"{statistics.median(rec) if rec else float('nan'):.1f} / {pct(rec, 0.99):.1f}",
+            "p99 < 20 s",
+        ),
+        ("Ready", f"{len(rdy)}/{args.n}", ""),
+        (
+            "create -> Ready p50 / p99 s",
+            f"{statistics.median(rdy) if rdy else float('nan'):.1f} / {pct(rdy, 0.99):.1f}",
+            "p99 < 30 s",
+        ),
+        ("reconciles per object (create -> Ready)", f"{out['reconciles_per_md']:.2f}", "<= 2"),
+        ("API requests per object (create -> Ready)", f"{out['requests_per_md']:.2f}", "<= 8"),
+        ("operator CPU per object (ms)", f"{out['cpu_ms_per_md']:.1f}", ""),
+        (
+            f"operator RSS with {args.n} objects (MiB; idle before: {out['idle_rss']:.0f})",
+            f"{out['rss']:.0f}",
+            "< 150",
+        ),
+        (
+            f"idle converged: API requests/s over {args.idle_seconds:.0f} s",
+            f"{out['idle_requests_per_s']:.3f}",
+            "< 0.2",
+        ),
+        ("idle converged: reconciles/s", f"{out['idle_reconciles_per_s']:.3f}", ""),
+        ("idle converged: operator CPU %", f"{out['idle_cpu_pct']:.2f}", "< 0.5"),
+        (
+            "load average: create start / create end / idle",
+            f"{out['load_create_start']} / {out['load_create_end']} / {out['load_idle']}",
+            "",
+        ),
+    ]
+    for figure, value, goal in rows:
+        print(f"| {figure} | {value} | {goal} |")
+    print(
+        json.dumps({k: v for k, v in out.items() if k not in ("reconciled", "ready")}),
+        file=sys.stderr,
+    )
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--idle-seconds", type=float, default=60)
@@ -232,7 +307,9 @@ def main() -> int:  # noqa: PLR0915 (one linear story)
     custom = client.CustomObjectsApi(api)
     subprocess.run(
         ["kubectl", "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")],
-        check=False, capture_output=True, env={**os.environ, "KUBECONFIG": args.kubeconfig},
+        check=False,
+        capture_output=True,
+        env={**os.environ, "KUBECONFIG": args.kubeconfig},
     )
     nodes = room(api, args.n)
     op, _, metrics_port, log_path = start_operator(args.kubeconfig, args.source)
@@ -253,7 +330,8 @@ def main() -> int:  # noqa: PLR0915 (one linear story)
         created: dict[str, float] = {}
         stop = threading.Event()
         watcher = threading.Thread(
-            target=follow, args=(custom, ns, reconciled, ready, stop), daemon=True)
+            target=follow, args=(custom, ns, reconciled, ready, stop), daemon=True
+        )
         watcher.start()
         time.sleep(2)
         before, cpu0 = metrics.snapshot(), cpu_seconds(op.pid)
@@ -291,6 +369,7 @@ def main() -> int:  # noqa: PLR0915 (one linear story)
         out["idle_cpu_pct"] = (c1 - c0) * 100 / (t1 - t0)
         out["load_idle"] = loadavg()
         stop.set()
+        report(out, args, log_path)  # before the cleanup, which can take minutes at 1000
     finally:
         os.killpg(op.pid, signal.SIGTERM)
         try:
@@ -306,48 +385,13 @@ def main() -> int:  # noqa: PLR0915 (one linear story)
             except client.exceptions.ApiException:
                 break
         for name in nodes:
-            try:
+            with contextlib.suppress(client.exceptions.ApiException):
                 core.delete_node(name)
-            except client.exceptions.ApiException:
-                pass
-        try:
-            custom.delete_cluster_custom_object("networking.k8s.io", "v1", "servicecidrs",
-                                                "mf-bench")
-        except client.exceptions.ApiException:
-            pass
+        with contextlib.suppress(client.exceptions.ApiException):
+            custom.delete_cluster_custom_object(
+                "networking.k8s.io", "v1", "servicecidrs", "mf-bench"
+            )
 
-    rec, rdy = out["reconciled"], out["ready"]
-    print(f"\noperator benchmark: {args.n} ModelDeployments created at once "
-          f"({out['source']}; operator log {log_path})")
-    print(f"created in {out['create_seconds']:.1f} s from {args.threads} threads; "
-          f"all Ready after {out['all_ready_s']:.1f} s")
-    print("| figure | value | goal |")
-    print("|---|---:|---|")
-    rows = [
-        ("reconciled (children + status)", f"{len(rec)}/{args.n}", ""),
-        ("create -> reconciled p50 / p99 s",
-         f"{statistics.median(rec) if rec else float('nan'):.1f} / {pct(rec, 0.99):.1f}",
-         "p99 < 20 s"),
-        ("Ready", f"{len(rdy)}/{args.n}", ""),
-        ("create -> Ready p50 / p99 s",
-         f"{statistics.median(rdy) if rdy else float('nan'):.1f} / {pct(rdy, 0.99):.1f}",
-         "p99 < 30 s"),
-        ("reconciles per object (create -> Ready)", f"{out['reconciles_per_md']:.2f}", "<= 2"),
-        ("API requests per object (create -> Ready)", f"{out['requests_per_md']:.2f}", "<= 8"),
-        ("operator CPU per object (ms)", f"{out['cpu_ms_per_md']:.1f}", ""),
-        (f"operator RSS with {args.n} objects (MiB; idle before: {out['idle_rss']:.0f})",
-         f"{out['rss']:.0f}", "< 150"),
-        (f"idle converged: API requests/s over {args.idle_seconds:.0f} s",
-         f"{out['idle_requests_per_s']:.3f}", "< 0.2"),
-        ("idle converged: reconciles/s", f"{out['idle_reconciles_per_s']:.3f}", ""),
-        ("idle converged: operator CPU %", f"{out['idle_cpu_pct']:.2f}", "< 0.5"),
-        ("load average: create start / create end / idle",
-         f"{out['load_create_start']} / {out['load_create_end']} / {out['load_idle']}", ""),
-    ]
-    for figure, value, goal in rows:
-        print(f"| {figure} | {value} | {goal} |")
-    print(json.dumps({k: v for k, v in out.items() if k not in ("reconciled", "ready")}),
-          file=sys.stderr)
     return 0
 
 

@@ -340,24 +340,50 @@ def test_operator_log_has_no_tracebacks(k: KubeCluster, operator: OperatorProces
     assert "Traceback" not in text, operator.log_tail(80)
 
 
-def test_crashing_runtime_termination_message_reaches_status(k: KubeCluster,
-                                                             namespace: str) -> None:
+def test_crashing_runtime_termination_message_reaches_status(
+    k: KubeCluster, namespace: str
+) -> None:
     # kwok runs no containers, so play the kubelet: report the runtime container crashing
     # with the message the runtime writes to /dev/termination-log.
     apply(k, namespace, manifest("crashy"))
     wait_condition(k, namespace, "crashy", "Ready", "True")
     (pod,) = pods_of(k, namespace, "crashy")
     message = "model load failed: digest mismatch: expected sha256:aa.., got sha256:bb.."
-    status = {"status": {"containerStatuses": [{
-        "name": "runtime", "ready": False, "restartCount": 3, "image": TEST_IMAGE,
-        "imageID": "", "started": False,
-        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
-        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message,
-                                     "startedAt": "2026-01-01T00:00:00Z",
-                                     "finishedAt": "2026-01-01T00:00:05Z"}}}]}}
-    k.kubectl("-n", namespace, "patch", "pod", pod["metadata"]["name"], "--subresource=status",
-              "--type=merge", "-p", json.dumps(status))
-    md = wait_condition(k, namespace, "crashy", "Degraded", "True", "ModelLoadFailed",
-                        timeout=30)
+    status = {
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "runtime",
+                    "ready": False,
+                    "restartCount": 3,
+                    "image": TEST_IMAGE,
+                    "imageID": "",
+                    "started": False,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                    "lastState": {
+                        "terminated": {
+                            "exitCode": 1,
+                            "reason": "Error",
+                            "message": message,
+                            "startedAt": "2026-01-01T00:00:00Z",
+                            "finishedAt": "2026-01-01T00:00:05Z",
+                        }
+                    },
+                }
+            ]
+        }
+    }
+    k.kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "pod",
+        pod["metadata"]["name"],
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
+    md = wait_condition(k, namespace, "crashy", "Degraded", "True", "ModelLoadFailed", timeout=30)
     assert "digest mismatch" in cond(md, "Degraded")["message"]
     assert cond(md, "Ready")["reason"] == "ModelLoadFailed"

@@ -7,9 +7,15 @@ from modelfleet_operator.__main__ import build_parser, settings
 
 
 def test_chart_args_parse() -> None:
-    args = build_parser().parse_args([
-        "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090",
-        "--log-format=json", "--verbose"])
+    args = build_parser().parse_args(
+        [
+            "--all-namespaces",
+            "--liveness=http://0.0.0.0:8080/healthz",
+            "--metrics-port=9090",
+            "--log-format=json",
+            "--verbose",
+        ]
+    )
     assert args.all_namespaces and args.namespace is None
     assert args.liveness == "http://0.0.0.0:8080/healthz" and args.metrics_port == 9090
     assert args.log_format == "json" and args.verbose
@@ -28,8 +34,7 @@ def test_runtime_image_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELFLEET_RUNTIME_IMAGE", "registry.local/rt:9")
     monkeypatch.setenv("MODELFLEET_RUNTIME_IMAGE_PULL_POLICY", "Always")
     args = build_parser().parse_args(["-A"])
-    assert (args.runtime_image, args.runtime_image_pull_policy) == ("registry.local/rt:9",
-                                                                    "Always")
+    assert (args.runtime_image, args.runtime_image_pull_policy) == ("registry.local/rt:9", "Always")
 
 
 def test_kopf_settings_keep_bookkeeping_in_our_annotations() -> None:

@@ -30,7 +30,8 @@ def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, 
 def test_crds_dir_is_generated_from_crd_py() -> None:
     path = ROOT / "crds" / crd.CRD_FILE
     assert path.read_text() == crd.render_yaml(), (
-        "crds/ drifted: run .venv/bin/python -m modelfleet_operator.crd --write crds")
+        "crds/ drifted: run .venv/bin/python -m modelfleet_operator.crd --write crds"
+    )
     assert crd.main(["--check", str(ROOT / "crds")]) == 0
 
 
@@ -43,8 +44,9 @@ def test_check_flags_a_stale_copy(tmp_path: Path) -> None:
 
 def test_every_field_has_a_description() -> None:
     # .metadata is the one exception: the apiserver forbids anything but its type.
-    missing = [p or "<root>" for p, n in walk(schema())
-               if not n.get("description") and p != ".metadata"]
+    missing = [
+        p or "<root>" for p, n in walk(schema()) if not n.get("description") and p != ".metadata"
+    ]
     assert missing == []
 
 
@@ -53,9 +55,11 @@ def test_structural_every_node_has_a_type() -> None:
         assert node.get("type") or node.get("x-kubernetes-int-or-string"), path
         if node.get("type") == "object" and "properties" not in node:
             # free-form objects must say so, or the apiserver prunes their content
-            assert ("additionalProperties" in node
-                    or node.get("x-kubernetes-preserve-unknown-fields")
-                    or path == ".metadata"), path
+            assert (
+                "additionalProperties" in node
+                or node.get("x-kubernetes-preserve-unknown-fields")
+                or path == ".metadata"
+            ), path
 
 
 def test_names_subresources_and_columns() -> None:
@@ -64,8 +68,10 @@ def test_names_subresources_and_columns() -> None:
     assert spec["names"]["categories"] == ["modelfleet"]
     version = spec["versions"][0]
     assert version["subresources"]["scale"] == {
-        "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
-        "labelSelectorPath": ".status.selector"}
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
     assert "status" in version["subresources"]
     names = [c["name"] for c in version["additionalPrinterColumns"]]
     for col in ("Ready", "Replicas", "GPU", "Model", "Reason", "Age"):
@@ -95,8 +101,11 @@ def apply_defaults(node: dict[str, Any], value: Any) -> Any:
 
 def test_schema_defaults_agree_with_spec_py() -> None:
     spec_schema = schema()["properties"]["spec"]
-    for raw in (md()["spec"], {"model": {"uri": "https://x/y"}},
-                md({"autoscaling": {"maxReplicas": 4, "target": 2}})["spec"]):
+    for raw in (
+        md()["spec"],
+        {"model": {"uri": "https://x/y"}},
+        md({"autoscaling": {"maxReplicas": 4, "target": 2}})["spec"],
+    ):
         defaulted = apply_defaults(spec_schema, raw)
         assert parse_spec(defaulted, name="n") == parse_spec(raw, name="n")
 
@@ -108,6 +117,7 @@ def test_yaml_round_trips() -> None:
 def test_api_docs_are_generated_from_the_schema() -> None:
     path = ROOT / "docs" / "api.md"
     assert path.read_text() == crd.render_api_docs(), (
-        "docs/api.md drifted: run .venv/bin/python -m modelfleet_operator.crd --docs docs/api.md")
+        "docs/api.md drifted: run .venv/bin/python -m modelfleet_operator.crd --docs docs/api.md"
+    )
     text = path.read_text()
     assert "`spec.gpu.mig`" in text and "InsufficientGPU" in text

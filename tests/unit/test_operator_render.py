@@ -22,8 +22,9 @@ CONFIG = RenderConfig(runtime_image="registry.example/modelfleet-runtime:1.2.3")
 SURGE = Strategy("RollingUpdate", 1, 0, "test")
 
 
-def setup(spec: dict[str, Any] | None = None, annotations: dict[str, str] | None = None
-          ) -> tuple[Owner, Any]:
+def setup(
+    spec: dict[str, Any] | None = None, annotations: dict[str, str] | None = None
+) -> tuple[Owner, Any]:
     body = md(spec, annotations=annotations)
     return Owner.from_body(body), parse_spec(body["spec"], name=body["metadata"]["name"])
 
@@ -49,16 +50,20 @@ def test_children_share_owner_reference_and_standard_labels() -> None:
         meta = child["metadata"]
         assert meta["name"] == "resnet" and meta["namespace"] == "ml"
         ref = meta["ownerReferences"][0]
-        assert ref == {"apiVersion": "modelfleet.io/v1alpha1", "kind": "ModelDeployment",
-                       "name": "resnet", "uid": "uid-1234", "controller": True,
-                       "blockOwnerDeletion": True}
+        assert ref == {
+            "apiVersion": "modelfleet.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "name": "resnet",
+            "uid": "uid-1234",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "modelfleet-operator"
         assert meta["labels"]["app.kubernetes.io/instance"] == "resnet"
         assert meta["labels"]["app.kubernetes.io/part-of"] == "modelfleet"
         assert meta["labels"]["app.kubernetes.io/version"] == "3"
     assert kinds == ["Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
-    assert "HorizontalPodAutoscaler" not in [c["kind"] for c in render_all(
-        *setup(), CONFIG, SURGE)]
+    assert "HorizontalPodAutoscaler" not in [c["kind"] for c in render_all(*setup(), CONFIG, SURGE)]
 
 
 def test_whole_gpus_are_limits_with_product_affinity_and_toleration() -> None:
@@ -67,10 +72,16 @@ def test_whole_gpus_are_limits_with_product_affinity_and_toleration() -> None:
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert "nvidia.com/gpu" not in c["resources"]["requests"]
     term = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert term["nodeSelectorTerms"] == [{"matchExpressions": [
-        {"key": "nvidia.com/gpu.product", "operator": "In", "values": [H100]}]}]
+    assert term["nodeSelectorTerms"] == [
+        {
+            "matchExpressions": [
+                {"key": "nvidia.com/gpu.product", "operator": "In", "values": [H100]}
+            ]
+        }
+    ]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
-        p["tolerations"])
+        p["tolerations"]
+    )
 
 
 def test_mig_slice_limits_the_mig_resource_not_whole_gpus() -> None:
@@ -85,16 +96,30 @@ def test_cpu_only_has_no_gpu_toleration_or_affinity() -> None:
 
 
 def test_user_affinity_terms_are_anded_with_gpu_product() -> None:
-    user = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
-            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]}},
-        "podAntiAffinity": {"x": 1}}
-    p = pod({"scheduling": {"affinity": user, "nodeSelector": {"pool": "gpu"},
-                            "priorityClassName": "serving",
-                            "tolerations": [{"key": "dedicated", "operator": "Exists"}]}})
+    user = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
+                ]
+            }
+        },
+        "podAntiAffinity": {"x": 1},
+    }
+    p = pod(
+        {
+            "scheduling": {
+                "affinity": user,
+                "nodeSelector": {"pool": "gpu"},
+                "priorityClassName": "serving",
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            }
+        }
+    )
     terms = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"]
+        "nodeSelectorTerms"
+    ]
     assert len(terms) == 2
     for t in terms:
         assert t["matchExpressions"][-1]["key"] == "nvidia.com/gpu.product"
@@ -103,14 +128,21 @@ def test_user_affinity_terms_are_anded_with_gpu_product() -> None:
     assert p["priorityClassName"] == "serving"
     assert {"key": "dedicated", "operator": "Exists"} in p["tolerations"]
     # the input spec is not mutated by the merge
-    assert len(user["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"][0]["matchExpressions"]) == 1
+    assert (
+        len(
+            user["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+                "nodeSelectorTerms"
+            ][0]["matchExpressions"]
+        )
+        == 1
+    )
 
 
 def test_gpu_memory_floor_becomes_gt_expression() -> None:
     p = pod({"gpu": {"minMemoryMiB": 40000}})
     exprs = p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"][0]["matchExpressions"]
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"]
     assert {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["39999"]} in exprs
 
 
@@ -160,8 +192,13 @@ def test_remote_model_is_fetched_by_an_init_container_with_digest() -> None:
     digest = "sha256:" + "a" * 64
     p = pod({"model": {"uri": "https://example.com/resnet.tar", "digest": digest}})
     init = p["initContainers"][0]
-    assert init["args"] == ["fetch", "https://example.com/resnet.tar", "/models/model",
-                            "--digest", digest]
+    assert init["args"] == [
+        "fetch",
+        "https://example.com/resnet.tar",
+        "/models/model",
+        "--digest",
+        digest,
+    ]
     vol = next(v for v in p["volumes"] if v["name"] == "model")
     assert "emptyDir" in vol
     args = p["containers"][0]["args"]
@@ -190,8 +227,9 @@ def test_spread_across_nodes_per_revision() -> None:
 
 def test_deployment_replicas_follow_spec_and_hpa_bounds() -> None:
     assert deployment({"replicas": 3})["spec"]["replicas"] == 3
-    d = deployment({"replicas": 1, "autoscaling": {"minReplicas": 2, "maxReplicas": 4,
-                                                   "target": 1}})
+    d = deployment(
+        {"replicas": 1, "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "target": 1}}
+    )
     assert d["spec"]["replicas"] == 2
 
 
@@ -201,18 +239,26 @@ def test_selector_is_stable_across_spec_changes() -> None:
     assert a == b
 
 
-@pytest.mark.parametrize(("spec", "replicas", "spare", "want"), [
-    ({}, 2, 3, "RollingUpdate(maxSurge=1,maxUnavailable=0)"),
-    ({}, 2, 0, "RollingUpdate(maxSurge=0,maxUnavailable=1)"),
-    ({}, 1, 0, "Recreate"),
-    ({}, 2, None, "RollingUpdate(maxSurge=0,maxUnavailable=1)"),
-    ({"gpu": None}, 1, None, "RollingUpdate(maxSurge=1,maxUnavailable=0)"),
-    ({"rollout": {"strategy": "Recreate"}}, 3, 5, "Recreate"),
-    ({"rollout": {"strategy": "RollingUpdate"}}, 3, 0,
-     "RollingUpdate(maxSurge=1,maxUnavailable=0)"),
-])
-def test_auto_strategy_surges_only_with_spare_gpus(spec: dict[str, Any], replicas: int,
-                                                   spare: int | None, want: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "replicas", "spare", "want"),
+    [
+        ({}, 2, 3, "RollingUpdate(maxSurge=1,maxUnavailable=0)"),
+        ({}, 2, 0, "RollingUpdate(maxSurge=0,maxUnavailable=1)"),
+        ({}, 1, 0, "Recreate"),
+        ({}, 2, None, "RollingUpdate(maxSurge=0,maxUnavailable=1)"),
+        ({"gpu": None}, 1, None, "RollingUpdate(maxSurge=1,maxUnavailable=0)"),
+        ({"rollout": {"strategy": "Recreate"}}, 3, 5, "Recreate"),
+        (
+            {"rollout": {"strategy": "RollingUpdate"}},
+            3,
+            0,
+            "RollingUpdate(maxSurge=1,maxUnavailable=0)",
+        ),
+    ],
+)
+def test_auto_strategy_surges_only_with_spare_gpus(
+    spec: dict[str, Any], replicas: int, spare: int | None, want: str
+) -> None:
     _, s = setup(spec)
     st = choose_strategy(s, replicas, spare)
     assert st.describe() == want
@@ -235,9 +281,18 @@ def test_strategy_kept_for_the_same_template_redecided_for_a_new_one() -> None:
 
 
 def test_service_pdb_hpa() -> None:
-    owner, s = setup({"service": {"port": 9000}, "autoscaling": {
-        "minReplicas": 2, "maxReplicas": 6, "metric": "concurrency", "target": 2.5,
-        "scaleDownStabilizationSeconds": 120}})
+    owner, s = setup(
+        {
+            "service": {"port": 9000},
+            "autoscaling": {
+                "minReplicas": 2,
+                "maxReplicas": 6,
+                "metric": "concurrency",
+                "target": 2.5,
+                "scaleDownStabilizationSeconds": 120,
+            },
+        }
+    )
     svc = render_service(owner, s)
     assert svc["spec"]["ports"][0]["port"] == 9000
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
@@ -246,19 +301,35 @@ def test_service_pdb_hpa() -> None:
     pdb = render_pdb(owner, s)["spec"]
     assert pdb["maxUnavailable"] == 1 and pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     hpa = render_hpa(owner, s)["spec"]
-    assert hpa["scaleTargetRef"] == {"apiVersion": "modelfleet.io/v1alpha1",
-                                     "kind": "ModelDeployment", "name": "resnet"}
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "modelfleet.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "resnet",
+    }
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
-    assert hpa["metrics"] == [{"type": "Pods", "pods": {
-        "metric": {"name": "modelfleet_inflight_requests"},
-        "target": {"type": "AverageValue", "averageValue": "2500m"}}}]
+    assert hpa["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "modelfleet_inflight_requests"},
+                "target": {"type": "AverageValue", "averageValue": "2500m"},
+            },
+        }
+    ]
     assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 120
 
 
 def test_hpa_cpu_and_rps_metrics() -> None:
     owner, s = setup({"autoscaling": {"maxReplicas": 3, "metric": "cpu", "target": 70}})
-    assert render_hpa(owner, s)["spec"]["metrics"] == [{"type": "Resource", "resource": {
-        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    assert render_hpa(owner, s)["spec"]["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 70},
+            },
+        }
+    ]
     owner, s = setup({"autoscaling": {"maxReplicas": 3, "metric": "rps", "target": 100}})
     m = render_hpa(owner, s)["spec"]["metrics"][0]["pods"]
     assert m["metric"]["name"] == "modelfleet_requests_per_second"

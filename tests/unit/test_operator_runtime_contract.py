@@ -21,20 +21,49 @@ cli = pytest.importorskip("modelfleet_runtime.cli", reason="runtime CLI not inst
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 SPECS: list[tuple[str, dict[str, Any]]] = [
     ("pvc torchscript on H100", {}),
-    ("https export fp16 with digest", {"model": {
-        "uri": "https://models.example.com/resnet.tar.gz", "format": "torch-export",
-        "digest": DIGEST}, "runtime": {"dtype": "float16", "device": "cuda"}}),
-    ("safetensors entrypoint bf16 MIG", {"model": {
-        "uri": "s3://bucket/bert", "format": "safetensors", "entrypoint": "mypkg.nets:build",
-        "name": "bert-base", "version": "2024.1"}, "gpu": {"count": None, "mig": "1g.10gb",
-                                                          "products": None},
-        "runtime": {"dtype": "bfloat16"}}),
-    ("cpu only file uri tuned batching", {"gpu": None, "model": {"uri": "file:///srv/m"},
-     "runtime": {"device": "cpu", "threads": 3, "logLevel": "debug", "overloadStatus": 429,
-                 "batching": {"maxBatchSize": 1, "maxDelayMilliseconds": 0.5,
-                              "maxQueueSize": 1}, "drainTimeoutSeconds": 120,
-                 "maxBodyBytes": 2048, "resources": {"cpu": "500m"}},
-     "service": {"port": 9000}}),
+    (
+        "https export fp16 with digest",
+        {
+            "model": {
+                "uri": "https://models.example.com/resnet.tar.gz",
+                "format": "torch-export",
+                "digest": DIGEST,
+            },
+            "runtime": {"dtype": "float16", "device": "cuda"},
+        },
+    ),
+    (
+        "safetensors entrypoint bf16 MIG",
+        {
+            "model": {
+                "uri": "s3://bucket/bert",
+                "format": "safetensors",
+                "entrypoint": "mypkg.nets:build",
+                "name": "bert-base",
+                "version": "2024.1",
+            },
+            "gpu": {"count": None, "mig": "1g.10gb", "products": None},
+            "runtime": {"dtype": "bfloat16"},
+        },
+    ),
+    (
+        "cpu only file uri tuned batching",
+        {
+            "gpu": None,
+            "model": {"uri": "file:///srv/m"},
+            "runtime": {
+                "device": "cpu",
+                "threads": 3,
+                "logLevel": "debug",
+                "overloadStatus": 429,
+                "batching": {"maxBatchSize": 1, "maxDelayMilliseconds": 0.5, "maxQueueSize": 1},
+                "drainTimeoutSeconds": 120,
+                "maxBodyBytes": 2048,
+                "resources": {"cpu": "500m"},
+            },
+            "service": {"port": 9000},
+        },
+    ),
 ]
 
 
@@ -45,8 +74,9 @@ def parser() -> argparse.ArgumentParser:
 def render(spec: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     body = md(spec)
     s = parse_spec(body["spec"], name="resnet")
-    dep = render_deployment(Owner.from_body(body), s, RenderConfig(),
-                            Strategy("RollingUpdate", 1, 0))
+    dep = render_deployment(
+        Owner.from_body(body), s, RenderConfig(), Strategy("RollingUpdate", 1, 0)
+    )
     return dep["spec"]["template"]["spec"], s
 
 

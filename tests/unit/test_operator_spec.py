@@ -45,15 +45,20 @@ def test_gpu_count_defaults_to_one_and_mig_selects_its_resource() -> None:
     assert parse({"gpu": {"count": 2}}).gpu.summary() == "2x H100-80GB-HBM3"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(("replicas", "lo", "hi", "want"), [
-    (1, 2, 8, 2),   # below min: the HPA would raise it anyway
-    (5, 2, 8, 5),   # HPA-owned value passes through
-    (20, 2, 8, 8),  # above max
-])
-def test_desired_replicas_clamped_to_autoscaling_bounds(replicas: int, lo: int, hi: int,
-                                                        want: int) -> None:
-    s = parse({"replicas": replicas, "autoscaling": {"minReplicas": lo, "maxReplicas": hi,
-                                                     "target": 4}})
+@pytest.mark.parametrize(
+    ("replicas", "lo", "hi", "want"),
+    [
+        (1, 2, 8, 2),  # below min: the HPA would raise it anyway
+        (5, 2, 8, 5),  # HPA-owned value passes through
+        (20, 2, 8, 8),  # above max
+    ],
+)
+def test_desired_replicas_clamped_to_autoscaling_bounds(
+    replicas: int, lo: int, hi: int, want: int
+) -> None:
+    s = parse(
+        {"replicas": replicas, "autoscaling": {"minReplicas": lo, "maxReplicas": hi, "target": 4}}
+    )
     assert s.desired_replicas() == want
     assert parse({"replicas": 3}).desired_replicas() == 3
 
@@ -64,28 +69,49 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("ftp scheme", {"model": {"uri": "ftp://x/y"}}, "spec.model.uri"),
     ("pvc without path", {"model": {"uri": "pvc://claim"}}, "spec.model.uri"),
     ("bad format", {"model": {"format": "onnx"}}, "spec.model.format"),
-    ("safetensors without entrypoint", {"model": {"format": "safetensors"}},
-     "spec.model.entrypoint"),
+    (
+        "safetensors without entrypoint",
+        {"model": {"format": "safetensors"}},
+        "spec.model.entrypoint",
+    ),
     ("bad entrypoint", {"model": {"entrypoint": "no-colon"}}, "spec.model.entrypoint"),
     ("bad digest", {"model": {"digest": "md5:abc"}}, "spec.model.digest"),
     ("count and mig", {"gpu": {"mig": "1g.10gb"}}, "spec.gpu"),
     ("bad mig", {"gpu": {"count": None, "mig": "big"}}, "spec.gpu.mig"),
     ("zero gpus", {"gpu": {"count": 0}}, "spec.gpu.count"),
     ("negative replicas", {"replicas": -1}, "spec.replicas"),
-    ("min > max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2, "target": 1}},
-     "spec.autoscaling.minReplicas"),
+    (
+        "min > max",
+        {"autoscaling": {"minReplicas": 5, "maxReplicas": 2, "target": 1}},
+        "spec.autoscaling.minReplicas",
+    ),
     ("no max", {"autoscaling": {"target": 1}}, "spec.autoscaling.maxReplicas"),
-    ("cpu target > 1000", {"autoscaling": {"maxReplicas": 2, "metric": "cpu", "target": 5000}},
-     "spec.autoscaling.target"),
-    ("bad metric", {"autoscaling": {"maxReplicas": 2, "metric": "gpu", "target": 1}},
-     "spec.autoscaling.metric"),
+    (
+        "cpu target > 1000",
+        {"autoscaling": {"maxReplicas": 2, "metric": "cpu", "target": 5000}},
+        "spec.autoscaling.target",
+    ),
+    (
+        "bad metric",
+        {"autoscaling": {"maxReplicas": 2, "metric": "gpu", "target": 1}},
+        "spec.autoscaling.metric",
+    ),
     ("device cpu with gpu", {"runtime": {"device": "cpu"}}, "spec.runtime.device"),
-    ("device cuda without gpu", {"gpu": None, "runtime": {"device": "cuda"}},
-     "spec.runtime.device"),
-    ("queue < batch", {"runtime": {"batching": {"maxBatchSize": 64, "maxQueueSize": 8}}},
-     "spec.runtime.batching.maxQueueSize"),
-    ("bad quantity", {"runtime": {"resources": {"memory": "lots"}}},
-     "spec.runtime.resources.memory"),
+    (
+        "device cuda without gpu",
+        {"gpu": None, "runtime": {"device": "cuda"}},
+        "spec.runtime.device",
+    ),
+    (
+        "queue < batch",
+        {"runtime": {"batching": {"maxBatchSize": 64, "maxQueueSize": 8}}},
+        "spec.runtime.batching.maxQueueSize",
+    ),
+    (
+        "bad quantity",
+        {"runtime": {"resources": {"memory": "lots"}}},
+        "spec.runtime.resources.memory",
+    ),
     ("bad port", {"service": {"port": 70000}}, "spec.service.port"),
     ("bad strategy", {"rollout": {"strategy": "BlueGreen"}}, "spec.rollout.strategy"),
 ]

@@ -22,20 +22,39 @@ LATER = "2026-01-01T00:05:00Z"
 SPEC = parse_spec(md()["spec"], name="resnet")  # 2 replicas, 1x H100
 
 
-def dep(replicas: int = 2, ready: int = 2, updated: int = 2, *, available: int | None = None,
-        generation: int = 1, observed: int = 1, conditions: list[dict[str, Any]] | None = None
-        ) -> dict[str, Any]:
-    return {"metadata": {"generation": generation}, "spec": {"replicas": 2},
-            "status": {"replicas": replicas, "readyReplicas": ready, "updatedReplicas": updated,
-                       "availableReplicas": ready if available is None else available,
-                       "observedGeneration": observed, "conditions": conditions or []}}
+def dep(
+    replicas: int = 2,
+    ready: int = 2,
+    updated: int = 2,
+    *,
+    available: int | None = None,
+    generation: int = 1,
+    observed: int = 1,
+    conditions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": 2},
+        "status": {
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+            "availableReplicas": ready if available is None else available,
+            "observedGeneration": observed,
+            "conditions": conditions or [],
+        },
+    }
 
 
 def observe(**kw: Any) -> Observed:
-    base: dict[str, Any] = {"generation": 3, "selector": "a=b", "spec": SPEC,
-                            "url": "http://resnet.ml.svc:8080/v2/models/resnet",
-                            "deployment": dep(),
-                            "strategy": Strategy("RollingUpdate", 1, 0, "spare GPU")}
+    base: dict[str, Any] = {
+        "generation": 3,
+        "selector": "a=b",
+        "spec": SPEC,
+        "url": "http://resnet.ml.svc:8080/v2/models/resnet",
+        "deployment": dep(),
+        "strategy": Strategy("RollingUpdate", 1, 0, "spare GPU"),
+    }
     base.update(kw)
     return Observed(**base)
 
@@ -45,18 +64,34 @@ def conds(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def pending_pod(message: str) -> dict[str, Any]:
-    return {"metadata": {"name": "p"}, "status": {"phase": "Pending", "conditions": [
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-         "message": message}]}}
+    return {
+        "metadata": {"name": "p"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                }
+            ],
+        },
+    }
 
 
 def crashing_pod(message: str, init: bool = False) -> dict[str, Any]:
-    cs = {"name": "fetch-model" if init else "runtime", "restartCount": 4,
-          "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-          "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}}
+    cs = {
+        "name": "fetch-model" if init else "runtime",
+        "restartCount": 4,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}},
+    }
     key = "initContainerStatuses" if init else "containerStatuses"
-    return {"metadata": {"name": "p"}, "status": {"phase": "Pending" if init else "Running",
-                                                  key: [cs]}}
+    return {
+        "metadata": {"name": "p"},
+        "status": {"phase": "Pending" if init else "Running", key: [cs]},
+    }
 
 
 def test_all_ready() -> None:
@@ -69,8 +104,7 @@ def test_all_ready() -> None:
     assert c["Degraded"]["status"] == "False"
     assert status["observedGeneration"] == 3
     assert all(x["observedGeneration"] == 3 for x in status["conditions"])
-    assert status["summary"] == {"replicas": "2/2", "gpu": "1x H100-80GB-HBM3",
-                                 "model": "resnet:3"}
+    assert status["summary"] == {"replicas": "2/2", "gpu": "1x H100-80GB-HBM3", "model": "resnet:3"}
     assert status["url"].endswith("/v2/models/resnet")
     assert status["model"] == {"name": "resnet", "version": "3", "digest": None}
     assert status["rolloutStrategy"] == "RollingUpdate(maxSurge=1,maxUnavailable=0): spare GPU"
@@ -96,15 +130,16 @@ def test_last_transition_time_moves_only_on_flip() -> None:
 
 
 def test_insufficient_gpu_message_names_count_resource_and_product() -> None:
-    msg = ("0/6 nodes are available: 2 Insufficient nvidia.com/gpu, 4 node(s) didn't match "
-           "Pod's node affinity/selector. preemption: 0/6 nodes are available")
+    msg = (
+        "0/6 nodes are available: 2 Insufficient nvidia.com/gpu, 4 node(s) didn't match "
+        "Pod's node affinity/selector. preemption: 0/6 nodes are available"
+    )
     status, transitions = compute_status(
-        observe(deployment=dep(replicas=3, updated=1, ready=2),
-                pods=[pending_pod(msg)]), None, NOW)
+        observe(deployment=dep(replicas=3, updated=1, ready=2), pods=[pending_pod(msg)]), None, NOW
+    )
     ready = conds(status)["Ready"]
     assert ready["reason"] == Reason.INSUFFICIENT_GPU
-    assert ready["message"].startswith(
-        f"0/6 nodes have 1 free nvidia.com/gpu of product {H100}")
+    assert ready["message"].startswith(f"0/6 nodes have 1 free nvidia.com/gpu of product {H100}")
     assert conds(status)["Degraded"]["status"] == "True"
     assert any(t.type == "Degraded" and t.event_type == "Warning" for t in transitions)
 
@@ -124,9 +159,18 @@ def test_init_container_failure_is_fetch_failure() -> None:
 
 
 def test_image_pull_and_missing_pvc() -> None:
-    pull = {"metadata": {}, "status": {"phase": "Pending", "containerStatuses": [
-        {"name": "runtime", "state": {"waiting": {"reason": "ImagePullBackOff",
-                                                  "message": "not found"}}}]}}
+    pull = {
+        "metadata": {},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "runtime",
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}},
+                }
+            ],
+        },
+    }
     pvc = pending_pod('persistentvolumeclaim "models" not found')
     reasons = {p.reason for p in diagnose_pods([pull, pvc], SPEC)}
     assert reasons == {Reason.IMAGE_PULL_FAILED, Reason.MODEL_PVC_NOT_FOUND}
@@ -139,10 +183,15 @@ def test_terminating_pods_are_ignored() -> None:
 
 
 def test_operator_judged_problem_wins_over_pod_symptoms() -> None:
-    status, _ = compute_status(observe(
-        deployment=dep(ready=0, available=0),
-        problems=[Problem(Reason.GPU_PRODUCT_UNAVAILABLE, "no node offers NVIDIA-B200")],
-        pods=[pending_pod("0/6 nodes are available: 6 node(s) didn't match")]), None, NOW)
+    status, _ = compute_status(
+        observe(
+            deployment=dep(ready=0, available=0),
+            problems=[Problem(Reason.GPU_PRODUCT_UNAVAILABLE, "no node offers NVIDIA-B200")],
+            pods=[pending_pod("0/6 nodes are available: 6 node(s) didn't match")],
+        ),
+        None,
+        NOW,
+    )
     c = conds(status)
     assert c["Ready"]["reason"] == Reason.GPU_PRODUCT_UNAVAILABLE
     assert c["Available"]["status"] == "False"
@@ -151,8 +200,11 @@ def test_operator_judged_problem_wins_over_pod_symptoms() -> None:
 
 def test_invalid_spec_keeps_describing_what_still_runs() -> None:
     good, _ = compute_status(observe(), None, NOW)
-    bad, transitions = compute_status(observe(
-        spec=None, invalid=InvalidSpec("spec.gpu", "set count or mig, not both")), good, LATER)
+    bad, transitions = compute_status(
+        observe(spec=None, invalid=InvalidSpec("spec.gpu", "set count or mig, not both")),
+        good,
+        LATER,
+    )
     c = conds(bad)
     assert c["Ready"]["reason"] == Reason.INVALID_SPEC
     assert "spec.gpu" in c["Ready"]["message"]
@@ -175,9 +227,17 @@ def test_deployment_not_yet_observed_is_not_ready() -> None:
 
 
 def test_progress_deadline() -> None:
-    d = dep(ready=1, conditions=[{"type": "Progressing", "status": "False",
-                                  "reason": "ProgressDeadlineExceeded",
-                                  "message": "ReplicaSet has timed out progressing."}])
+    d = dep(
+        ready=1,
+        conditions=[
+            {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": "ReplicaSet has timed out progressing.",
+            }
+        ],
+    )
     status, _ = compute_status(observe(deployment=d), None, NOW)
     c = conds(status)
     assert c["Progressing"]["reason"] == Reason.PROGRESS_DEADLINE_EXCEEDED
@@ -189,20 +249,29 @@ def test_waiting_for_model_load() -> None:
     assert conds(status)["Ready"]["reason"] == Reason.REPLICAS_NOT_READY
 
 
-CLUSTER = [node("h100-0", gpus=8, product=H100, memory_mib=81559),
-           node("h100-1", gpus=8, product=H100, memory_mib=81559),
-           node("a100-mig", product=A100, resources={"nvidia.com/mig-1g.10gb": "14",
-                                                     "nvidia.com/mig-3g.40gb": "2"}),
-           node("l4", gpus=1, product=L4, memory_mib=23034),
-           node("cpu-0"), node("cpu-1")]
+CLUSTER = [
+    node("h100-0", gpus=8, product=H100, memory_mib=81559),
+    node("h100-1", gpus=8, product=H100, memory_mib=81559),
+    node(
+        "a100-mig",
+        product=A100,
+        resources={"nvidia.com/mig-1g.10gb": "14", "nvidia.com/mig-3g.40gb": "2"},
+    ),
+    node("l4", gpus=1, product=L4, memory_mib=23034),
+    node("cpu-0"),
+    node("cpu-1"),
+]
 
 
 def test_capacity_counts_free_gpus_of_accepted_products() -> None:
     h100 = GPUSpec(count=2, products=(H100,))
     cap = gpu_capacity(CLUSTER, [], h100)
     assert (cap.nodes, cap.offering, cap.spare_pods, cap.free_max) == (6, 2, 8, 8)
-    busy = [pod_on("h100-0", gpus=7), pod_on("h100-1", gpus=8),
-            pod_on("h100-1", gpus=8, phase="Succeeded")]
+    busy = [
+        pod_on("h100-0", gpus=7),
+        pod_on("h100-1", gpus=8),
+        pod_on("h100-1", gpus=8, phase="Succeeded"),
+    ]
     cap = gpu_capacity(CLUSTER, busy, h100)
     assert (cap.spare_pods, cap.free_max) == (0, 1)
     any_gpu = gpu_capacity(CLUSTER, busy, GPUSpec(count=1))
@@ -210,8 +279,11 @@ def test_capacity_counts_free_gpus_of_accepted_products() -> None:
 
 
 def test_capacity_mig_memory_and_missing_products() -> None:
-    mig = gpu_capacity(CLUSTER, [pod_on("a100-mig", gpus=2, resource="nvidia.com/mig-3g.40gb")],
-                       GPUSpec(count=0, mig="3g.40gb"))
+    mig = gpu_capacity(
+        CLUSTER,
+        [pod_on("a100-mig", gpus=2, resource="nvidia.com/mig-3g.40gb")],
+        GPUSpec(count=0, mig="3g.40gb"),
+    )
     assert (mig.offering, mig.spare_pods) == (1, 0)
     assert gpu_capacity(CLUSTER, [], GPUSpec(count=1, products=("NVIDIA-B200",))).offering == 0
     assert gpu_capacity(CLUSTER, [], GPUSpec(count=1, min_memory_mib=40000)).offering == 2
