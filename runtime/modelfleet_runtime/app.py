@@ -51,6 +51,12 @@ INLINE_DECODE_BYTES = 64 * 1024
 # (body, Inference-Header-Content-Length): an answer, encoded on the batcher thread
 Answer = tuple[bytes, int | None]
 IDLE_GRACE_S = 0.2
+# Request data (bodies, inflated bodies, decoded tensors) held from admission to the answer is
+# bounded by this many --max-body-bytes: past it a request is refused with 503 + Retry-After,
+# so N connections each sending a big body (or a small gzip bomb) queue at most this much
+# instead of N bodies (256 queued 64 MiB bodies would be 16 GiB). One request is always
+# admitted when nothing is held, so any body within --max-body-bytes can be served.
+HELD_BODIES = 8
 _TRITON_TYPES = {
     "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
     "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
@@ -136,6 +142,31 @@ def resolve_identity(cfg: ServeConfig) -> Identity:
     return Identity(name, version, manifest)
 
 
+class _Held:
+    """One request's share of the held-data budget, given back when it is answered (a
+    Respond that releases, then forwards)."""
+
+    __slots__ = ("_app", "_respond", "size")
+
+    def __init__(self, app: App, size: int, respond: Respond) -> None:
+        self._app, self.size, self._respond = app, size, respond
+
+    def __call__(self, resp: Response) -> None:
+        self._app._held -= self.size
+        self.size = 0
+        self._respond(resp)
+
+    def grow(self, more: int) -> bool:
+        """Take ``more`` (an inflated body's tensors); False, taking nothing, past the limit
+        while other requests hold data."""
+        app = self._app
+        if app._held > self.size and app._held + more > app._held_limit:
+            return False
+        app._held += more
+        self.size += more
+        return True
+
+
 class App:
     def __init__(
         self, cfg: ServeConfig, ident: Identity, metrics: Metrics, loop: asyncio.AbstractEventLoop
@@ -150,6 +181,8 @@ class App:
         self.batcher: Batcher[InferRequest, Answer] | None = None
         self._decoder = concurrent.futures.ThreadPoolExecutor(1, "modelfleet-decode")
         self._decoding = 0  # requests on or waiting for the decode thread
+        self._held = 0  # bytes of request data admitted and not yet answered
+        self._held_limit = HELD_BODIES * cfg.max_body_bytes
         self.ready = False
 
         def document(make: Callable[[], Response]) -> Route:
@@ -243,6 +276,7 @@ class App:
                                  "retry later", status=self.cfg.overload_status)  # fmt: skip
             timeout_s = _header_timeout(req.headers.get(TIMEOUT_HEADER))
             body = req.body
+            respond = self._hold(len(body), respond)
             encoding = req.headers.get("content-encoding")
             json_bytes = len(body) if header_len is None else header_len
             if encoding is None and json_bytes <= INLINE_DECODE_BYTES:
@@ -256,8 +290,23 @@ class App:
                 return
         except ServingError as exc:
             self.metrics.request_done(exc.status, time.perf_counter() - started, exc.outcome)
-            raise
+            respond(_error(exc))  # the held bytes' release, when they were taken
+            return
         self._submit(ir, timeout_s, started, respond)
+
+    def _hold(self, size: int, respond: Respond) -> _Held:
+        """Take ``size`` bytes of the held-data budget until the request is answered."""
+        if self._held and self._held + size > self._held_limit:
+            raise self._over_budget()
+        self._held += size
+        return _Held(self, size, respond)
+
+    def _over_budget(self) -> Overloaded:
+        return Overloaded(
+            f"{self._held >> 20} MiB of request data already waiting (limit "
+            f"{self._held_limit >> 20} MiB, {HELD_BODIES}x --max-body-bytes); retry later",
+            status=self.cfg.overload_status,
+        )
 
     def _decode(
         self, body: bytearray, encoding: str | None, header_len: int | None
@@ -272,11 +321,14 @@ class App:
         future: asyncio.Future[InferRequest],
         timeout_s: float | None,
         started: float,
-        respond: Respond,
+        respond: _Held,
     ) -> None:
         self._decoding -= 1
         try:
             ir = future.result()
+            # a gzip body inflates on the decode thread: its tensors count from here
+            if not respond.grow(max(0, sum(t.nbytes for t in ir.inputs) - respond.size)):
+                raise self._over_budget()
         except ServingError as exc:
             self.metrics.request_done(exc.status, time.perf_counter() - started, exc.outcome)
             respond(_error(exc))

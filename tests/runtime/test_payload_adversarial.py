@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import pytest
 import torch
 import tritonclient.http as triton
 from conftest import Runtime
-from runtime_models import write_manifest
+from runtime_models import build_slow_dir, write_manifest
 from torch import nn
 
 pytestmark = pytest.mark.runtime
@@ -464,3 +465,52 @@ def test_requests_beyond_the_queue_get_503_with_retry_after(slow_server: Runtime
     assert len(statuses) == 600
     assert {s for s, _ in statuses} <= {200, 503}
     assert all(retry == "1" for s, retry in statuses if s == 503)
+
+
+def test_request_data_held_at_once_is_bounded(tmp_path: Path) -> None:
+    """While a 1 s forward pass runs, 16 clients each send a 1 MiB body: at most 8 MiB
+    (8x --max-body-bytes) of them are held; the rest are refused at once with 503 and
+    Retry-After naming the budget, and every held one is answered. A lone body of the full
+    --max-body-bytes is always served."""
+    model_dir = tmp_path / "slow"
+    build_slow_dir(model_dir, delay_s=1.0)
+    server = Runtime(model_dir, "--max-body-bytes", str(1 << 20), "--max-batch-size", "32",
+                     "--max-queue-size", "64")  # fmt: skip
+    try:
+        server.wait_ready()
+        doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
+        small = json.dumps(doc).encode()
+        big = small + b" " * ((1 << 20) - 64 - len(small))
+        results: list[tuple[int, str]] = []
+        lock = threading.Lock()
+        first = threading.Thread(target=lambda: results.append(post_slow(server, small)))
+        first.start()
+        time.sleep(0.3)  # the first request is in its forward pass now (ordering, not timing)
+        barrier = threading.Barrier(16)
+
+        def one() -> None:
+            barrier.wait()
+            got = post_slow(server, big)
+            with lock:
+                results.append(got)
+
+        threads = [threading.Thread(target=one) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in [first, *threads]:
+            t.join(120)
+        assert len(results) == 17
+        assert {s for s, _ in results} <= {200, 503}, results
+        refusals = [m for s, m in results if s == 503]
+        assert 16 + 1 - len(refusals) <= 9, results  # the first + at most 8 MiB of bodies
+        assert refusals and all("MiB of request data already waiting" in m for m in refusals)
+        assert post_slow(server, big)[0] == 200  # nothing held: a full-size body is served
+    finally:
+        server.stop()
+
+
+def post_slow(server: Runtime, body: bytes) -> tuple[int, str]:
+    status, hdrs, raw = server.request("POST", "/v2/models/slow/infer", body, timeout=120)
+    if status == 503:
+        assert hdrs.get("retry-after") == "1"
+    return status, json.loads(raw).get("error", "")
