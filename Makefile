@@ -82,6 +82,9 @@ node-deps: ## Install the Debian packages images and the real node need (podman,
 .PHONY: images
 images: node-deps ## Build the operator and runtime images (podman; a local Python base when Docker Hub is unreachable)
 	hack/images/build all
+	@# as root, also import them into the real node's containerd store now (minutes for the
+	@# runtime), beside the other preparations instead of in the first e2e start
+	@if [ "$$(id -u)" = 0 ]; then hack/node/up --images-only; fi
 
 .PHONY: dev
 dev: install ## The main job: serve the example model locally (see README)
