@@ -10,8 +10,14 @@ A100 = "NVIDIA-A100-SXM4-80GB"
 L4 = "NVIDIA-L4"
 
 
-def md(spec: dict[str, Any] | None = None, *, name: str = "resnet", namespace: str = "ml",
-       annotations: dict[str, str] | None = None, generation: int = 1) -> dict[str, Any]:
+def md(
+    spec: dict[str, Any] | None = None,
+    *,
+    name: str = "resnet",
+    namespace: str = "ml",
+    annotations: dict[str, str] | None = None,
+    generation: int = 1,
+) -> dict[str, Any]:
     base: dict[str, Any] = {
         "model": {"uri": "pvc://models/resnet50/3", "format": "torchscript", "version": "3"},
         "gpu": {"count": 1, "products": [H100]},
@@ -22,8 +28,13 @@ def md(spec: dict[str, Any] | None = None, *, name: str = "resnet", namespace: s
     return {
         "apiVersion": "modelfleet.io/v1alpha1",
         "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": namespace, "uid": "uid-1234",
-                     "generation": generation, "annotations": annotations or {}},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": "uid-1234",
+            "generation": generation,
+            "annotations": annotations or {},
+        },
         "spec": base,
     }
 
@@ -41,9 +52,15 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def node(name: str, *, gpus: int = 0, product: str | None = None,
-         resources: dict[str, str] | None = None, unschedulable: bool = False,
-         memory_mib: int | None = None) -> dict[str, Any]:
+def node(
+    name: str,
+    *,
+    gpus: int = 0,
+    product: str | None = None,
+    resources: dict[str, str] | None = None,
+    unschedulable: bool = False,
+    memory_mib: int | None = None,
+) -> dict[str, Any]:
     alloc = {"cpu": "64", "memory": "512Gi", "pods": "110"}
     if gpus:
         alloc["nvidia.com/gpu"] = str(gpus)
@@ -53,14 +70,19 @@ def node(name: str, *, gpus: int = 0, product: str | None = None,
         labels["nvidia.com/gpu.product"] = product
     if memory_mib:
         labels["nvidia.com/gpu.memory"] = str(memory_mib)
-    return {"metadata": {"name": name, "labels": labels},
-            "spec": {"unschedulable": unschedulable},
-            "status": {"allocatable": alloc, "conditions": [{"type": "Ready", "status": "True"}]}}
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"unschedulable": unschedulable},
+        "status": {"allocatable": alloc, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
 
 
-def pod_on(node_name: str, *, gpus: int = 0, resource: str = "nvidia.com/gpu",
-           phase: str = "Running") -> dict[str, Any]:
+def pod_on(
+    node_name: str, *, gpus: int = 0, resource: str = "nvidia.com/gpu", phase: str = "Running"
+) -> dict[str, Any]:
     limits = {resource: str(gpus)} if gpus else {}
-    return {"metadata": {"name": f"p-{node_name}"},
-            "spec": {"nodeName": node_name, "containers": [{"resources": {"limits": limits}}]},
-            "status": {"phase": phase}}
+    return {
+        "metadata": {"name": f"p-{node_name}"},
+        "spec": {"nodeName": node_name, "containers": [{"resources": {"limits": limits}}]},
+        "status": {"phase": phase},
+    }
