@@ -24,9 +24,11 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED) ## Create .venv and install modelfleet with all extras (torch included)
 
 .PHONY: lint
-lint: install ## ruff + mypy
+lint: install ## ruff (lint and format), strict mypy, the import-layer contracts
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 .PHONY: fmt
 fmt: install ## Format the code with ruff

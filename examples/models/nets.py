@@ -9,9 +9,7 @@ from torch import nn
 class MLP(nn.Module):
     def __init__(self, features: int = 4, hidden: int = 32, classes: int = 3) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes)
-        )
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.net(x), dim=-1)

@@ -119,7 +119,8 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             continue
         found = {
             kv.split("=", 1)[0]: kv.split("=", 1)[1].strip('"')
-            for kv in rest.rstrip("}").split(",") if kv
+            for kv in rest.rstrip("}").split(",")
+            if kv
         }
         if all(found.get(k) == v for k, v in labels.items()):
             return float(value)

@@ -60,9 +60,7 @@ def build_affine_dir(model_dir: Path, fmt: str) -> Affine:
         write_manifest(model_dir, format=fmt, weights="model.pt", **AFFINE_SIGNATURE)
     elif fmt == "torch-export":
         batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.export.export(
-            module, example, dynamic_shapes=({0: batch}, {0: batch})
-        )
+        program = torch.export.export(module, example, dynamic_shapes=({0: batch}, {0: batch}))
         torch.export.save(program, str(model_dir / "model.pt2"))
         write_manifest(model_dir, format=fmt, weights="model.pt2", **AFFINE_SIGNATURE)
     elif fmt == "safetensors":

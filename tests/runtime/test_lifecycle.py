@@ -85,8 +85,9 @@ def test_live_but_not_ready_while_loading(tmp_path: Path) -> None:
                 time.sleep(0.05)
         assert server.request("GET", "/v2/health/ready")[::2] == (503, b'{"ready":false}')
         assert server.request("GET", "/v2/models/slow/ready")[0] == 503
-        status, body = server.infer("slow", {"inputs": [
-            {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]})
+        status, body = server.infer(
+            "slow", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
+        )
         assert status == 503 and "not loaded" in body["error"]
         assert 'modelfleet_model_ready{model="slow",version="1"} 0.0' in server.metrics()
         server.wait_ready()
@@ -135,8 +136,9 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path: Path) -> No
         r = 0
         while not stop.is_set():
             data = [float(c), float(r)]
-            body = json.dumps({"inputs": [
-                {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": data}]})
+            body = json.dumps(
+                {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": data}]}
+            )
             try:
                 conn.request("POST", "/v2/models/slow/infer", body)
             except OSError as exc:  # not sent: the server no longer accepts connections

@@ -481,8 +481,9 @@ def test_notes_manifest_is_a_model_deployment(helm: Path, tmp_path: Path) -> Non
 
 def test_rbac_covers_every_api_the_operator_code_names(helm: Path) -> None:
     """Static half of the RBAC proof: a kind added to the operator's watches
-    (handlers.WATCHED) or children (handlers.CHILDREN) fails here before it fails in a cluster (the dynamic half runs the operator
-    as the chart's ServiceAccount in tests/integration/test_helm_rbac.py)."""
+    (handlers.WATCHED) or children (handlers.CHILDREN) fails here before it fails in a cluster
+    (the dynamic half runs the operator as the chart's ServiceAccount in
+    tests/integration/test_helm_rbac.py)."""
     from modelfleet_operator import handlers  # noqa: PLC0415 (operator code under test)
 
     rules = rules_by_resource(one(template(helm), "ClusterRole")["rules"])

@@ -24,7 +24,9 @@ class Harness:
         self.delay_s = delay_s
         self.done = threading.Condition()
         self.batcher: Batcher[tuple[str, int], str] = Batcher(
-            self.process, post=self.post, **kwargs  # type: ignore[arg-type]
+            self.process,
+            post=self.post,
+            **kwargs,  # type: ignore[arg-type]
         )
         self.batcher.start()
 

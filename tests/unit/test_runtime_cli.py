@@ -91,8 +91,10 @@ def test_cli_and_fetch_do_not_import_torch() -> None:
 
 
 def test_console_script_and_module_entry_points() -> None:
-    for argv in ([sys.executable, "-m", "modelfleet_runtime", "--help"],
-                 [str(Path(sys.executable).with_name("modelfleet-runtime")), "serve", "--help"]):
+    for argv in (
+        [sys.executable, "-m", "modelfleet_runtime", "--help"],
+        [str(Path(sys.executable).with_name("modelfleet-runtime")), "serve", "--help"],
+    ):
         out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
         assert "modelfleet-runtime" in out.stdout
 
