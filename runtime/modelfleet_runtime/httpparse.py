@@ -125,6 +125,8 @@ class RequestParser:
             data = self._data
             start = self._pos
             if start >= len(data):
+                self._data = memoryview(b"")  # drop the consumed bytes (see on_message_complete)
+                self._pos = 0
                 return None
             size = _SLICE if self._body_left < 0 else self._body_left + _SLICE
             piece = data[start : start + size]
@@ -146,6 +148,15 @@ class RequestParser:
                     431, "chunk header or trailer section too large"
                 )
         return ready.popleft()
+
+    def close(self) -> None:
+        """Drop what is buffered (the connection is gone): the parser waits for the cyclic
+        GC (see on_message_complete), a half-received body must not wait with it."""
+        self._data = memoryview(b"")
+        self._pos = 0
+        self._body = bytearray()
+        self._current = None
+        self._ready.clear()
 
     def _upgrade(self, resume_at: int) -> None:
         """llhttp stops after a request asking to switch protocols. We never switch: the
@@ -245,6 +256,12 @@ class RequestParser:
         req = self._current
         assert req is not None
         self._current = None
+        # The parser is in a reference cycle with llhttp (which calls back into it), so a
+        # closed connection's parser waits for the cyclic GC, which runs on object counts,
+        # not bytes: a body it still pointed at stayed resident with it. Measured (24
+        # clients x 3 requests of 4 MiB a round, each on its own connection): RSS 569 ->
+        # 853 -> 1093 -> 1287 MiB over rounds before, flat after the first round now.
+        self._body = bytearray()
         self._begun = False
         self._head_done = False
         self._body_left = -1

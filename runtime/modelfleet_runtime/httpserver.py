@@ -290,6 +290,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
+        self.parser.close()  # a body cut off mid-way is not kept for the cyclic GC
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
