@@ -158,3 +158,33 @@ def test_operator_code_runs_on_the_operator_extra_alone() -> None:
     assert "torch" in only_elsewhere
     assert not used & only_elsewhere, f"the operator imports {sorted(used & only_elsewhere)}"
     assert {"kopf", "kubernetes"} <= used
+
+
+def test_runtime_code_runs_on_the_runtime_extra_alone() -> None:
+    """The runtime image installs `.[runtime]` only: every module of the runtime, imported in a
+    fresh process, may use nothing that only the operator or dev extras declare (safetensors
+    was once imported at load while declared for dev only: every runtime pod crashed)."""
+    code = (
+        "import json, sys, pkgutil, importlib, importlib.metadata as md\n"
+        "import modelfleet_runtime\n"
+        "for m in pkgutil.walk_packages(modelfleet_runtime.__path__, 'modelfleet_runtime.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "dists = md.packages_distributions()\n"
+        "top = {n.split('.')[0] for n in sys.modules}\n"
+        "print(json.dumps(sorted({d for n in top for d in dists.get(n, [])})))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    used = {d.lower().replace("_", "-") for d in json.loads(out)}
+    extras = PYPROJECT["project"]["optional-dependencies"]
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+    only_elsewhere = names(extras["operator"] + extras["dev"]) - names(
+        extras["runtime"] + PYPROJECT["project"]["dependencies"]
+    )
+    assert "kopf" in only_elsewhere
+    assert not used & only_elsewhere, f"the runtime imports {sorted(used & only_elsewhere)}"
+    assert {"torch", "safetensors"} <= used
