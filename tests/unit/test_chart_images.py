@@ -131,30 +131,40 @@ def test_runtime_image_default_command_is_accepted_by_the_runtime_cli() -> None:
     assert str(args.model_dir) == "/models"
 
 
-def test_operator_code_runs_on_the_operator_extra_alone() -> None:
-    """The operator image installs `.[operator]` only: nothing the operator imports may come
-    from the runtime or dev extras (torch, numpy, test clients). Checked in a fresh process."""
+def distributions_imported_by(imports: str) -> set[str]:
+    """The installed distributions whose modules a fresh interpreter holds after ``imports``."""
     code = (
         "import json, sys, importlib.metadata as md\n"
-        "import modelfleet_operator.__main__, modelfleet_operator.handlers\n"
-        "import modelfleet_operator.reconcile, modelfleet_operator.kube\n"
-        "dists = md.packages_distributions()\n"
+        + imports
+        + "dists = md.packages_distributions()\n"
         "top = {n.split('.')[0] for n in sys.modules}\n"
         "print(json.dumps(sorted({d for n in top for d in dists.get(n, [])})))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    used = {d.lower().replace("_", "-") for d in json.loads(out)}
+    return {d.lower().replace("_", "-") for d in json.loads(out)}
+
+
+def declared_only_outside(extra: str) -> set[str]:
+    """Distributions that other extras declare but ``extra`` and the base dependencies do not."""
     extras = PYPROJECT["project"]["optional-dependencies"]
-    only_elsewhere = {
-        re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower()
-        for name in ("runtime", "dev")
-        for req in extras[name]
-    } - {
-        re.split(r"[\[<>=!~ ;]", req, maxsplit=1)[0].lower()
-        for req in extras["operator"] + PYPROJECT["project"]["dependencies"]
-    }
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+    others = [req for name, reqs in extras.items() if name != extra for req in reqs]
+    return names(others) - names(extras[extra] + PYPROJECT["project"]["dependencies"])
+
+
+def test_operator_code_runs_on_the_operator_extra_alone() -> None:
+    """The operator image installs `.[operator]` only: nothing the operator imports may come
+    from the runtime or dev extras (torch, numpy, test clients). Checked in a fresh process."""
+    used = distributions_imported_by(
+        "import modelfleet_operator.__main__, modelfleet_operator.handlers\n"
+        "import modelfleet_operator.reconcile, modelfleet_operator.kube\n"
+    )
+    only_elsewhere = declared_only_outside("operator")
     assert "torch" in only_elsewhere
     assert not used & only_elsewhere, f"the operator imports {sorted(used & only_elsewhere)}"
     assert {"kopf", "kubernetes"} <= used
@@ -164,27 +174,12 @@ def test_runtime_code_runs_on_the_runtime_extra_alone() -> None:
     """The runtime image installs `.[runtime]` only: every module of the runtime, imported in a
     fresh process, may use nothing that only the operator or dev extras declare (safetensors
     was once imported at load while declared for dev only: every runtime pod crashed)."""
-    code = (
-        "import json, sys, pkgutil, importlib, importlib.metadata as md\n"
-        "import modelfleet_runtime\n"
+    used = distributions_imported_by(
+        "import pkgutil, importlib, modelfleet_runtime\n"
         "for m in pkgutil.walk_packages(modelfleet_runtime.__path__, 'modelfleet_runtime.'):\n"
         "    importlib.import_module(m.name)\n"
-        "dists = md.packages_distributions()\n"
-        "top = {n.split('.')[0] for n in sys.modules}\n"
-        "print(json.dumps(sorted({d for n in top for d in dists.get(n, [])})))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    used = {d.lower().replace("_", "-") for d in json.loads(out)}
-    extras = PYPROJECT["project"]["optional-dependencies"]
-
-    def names(reqs: list[str]) -> set[str]:
-        return {re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
-
-    only_elsewhere = names(extras["operator"] + extras["dev"]) - names(
-        extras["runtime"] + PYPROJECT["project"]["dependencies"]
-    )
+    only_elsewhere = declared_only_outside("runtime")
     assert "kopf" in only_elsewhere
     assert not used & only_elsewhere, f"the runtime imports {sorted(used & only_elsewhere)}"
     assert {"torch", "safetensors"} <= used
