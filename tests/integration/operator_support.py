@@ -192,6 +192,20 @@ def manifest(
     return out
 
 
+def apply_as_user(cluster: KubeCluster, namespace: str, body: dict[str, Any]) -> None:
+    """Server-side apply ``body`` as a user would (field manager "test"), not as the operator."""
+    cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "--server-side",
+        "--field-manager=test",
+        "-f",
+        "-",
+        input=json.dumps(body),
+    )
+
+
 def get(cluster: KubeCluster, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
     proc = cluster.kubectl("-n", namespace, "get", kind, name, "-o", "json", check=False)
     if proc.returncode != 0:

@@ -3,7 +3,6 @@ the operator is not restarted, its watches come back, and it keeps reconciling."
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from kube_harness import KubeCluster, wait_for
 from operator_support import (
     OperatorProcess,
+    apply_as_user,
     describe,
     get,
     install_crd,
@@ -48,19 +48,6 @@ def operator(kube_cluster: KubeCluster, tmp_path: pathlib.Path) -> Iterator[Oper
         proc.stop()
 
 
-def apply(k: KubeCluster, namespace: str, body: dict[str, object]) -> None:
-    k.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "--server-side",
-        "--field-manager=test",
-        "-f",
-        "-",
-        input=json.dumps(body),
-    )
-
-
 def _kwokctl(k: KubeCluster, *args: str) -> None:
     workdir = subprocess.run(
         ["bash", "-c", f"source {kube_harness.HACK_DIR / 'lib.sh'} && cluster_workdir_root"],
@@ -87,7 +74,7 @@ def test_control_plane_restart_is_survived_without_restarting_the_operator(
     k, namespace = kube_cluster, restart_namespace
     if k.name is None:
         pytest.skip("needs a cluster this session started (it is stopped and started again)")
-    apply(k, namespace, manifest("before", CPU, load_seconds=0.2))
+    apply_as_user(k, namespace, manifest("before", CPU, load_seconds=0.2))
     wait_condition(k, namespace, "before", "Ready", "True", timeout=60)
     pid = operator.proc.pid if operator.proc else None
 
@@ -100,14 +87,14 @@ def test_control_plane_restart_is_survived_without_restarting_the_operator(
     # Changes after the restart are reconciled: an update and a new object. (Whether their
     # pods then turn Ready is up to the restarted kwok, not the operator: wait for what the
     # operator does.)
-    apply(k, namespace, manifest("before", {**CPU, "replicas": 2}, load_seconds=0.2))
+    apply_as_user(k, namespace, manifest("before", {**CPU, "replicas": 2}, load_seconds=0.2))
     wait_for(
         lambda: _reconciled(k, namespace, "before", replicas=2),
         timeout=120,
         what="the update after the restart to be reconciled",
         describe=lambda: describe(k, namespace),
     )
-    apply(k, namespace, manifest("after", CPU, load_seconds=0.2))
+    apply_as_user(k, namespace, manifest("after", CPU, load_seconds=0.2))
     wait_for(
         lambda: _reconciled(k, namespace, "after", replicas=1),
         timeout=120,

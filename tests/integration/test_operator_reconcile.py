@@ -15,6 +15,7 @@ from operator_support import (
     H100,
     TEST_IMAGE,
     OperatorProcess,
+    apply_as_user,
     cond,
     describe,
     get,
@@ -45,23 +46,10 @@ def k(kube_cluster: KubeCluster, operator: OperatorProcess) -> KubeCluster:
     return kube_cluster
 
 
-def apply(k: KubeCluster, namespace: str, body: dict[str, object]) -> None:
-    k.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "--server-side",
-        "--field-manager=test",
-        "-f",
-        "-",
-        input=json.dumps(body),
-    )
-
-
 def test_create_makes_children_schedules_on_h100_and_reports_ready(
     k: KubeCluster, namespace: str
 ) -> None:
-    apply(k, namespace, manifest("resnet", {"replicas": 2, "model": {"version": "3"}}))
+    apply_as_user(k, namespace, manifest("resnet", {"replicas": 2, "model": {"version": "3"}}))
     md = wait_condition(k, namespace, "resnet", "Ready", "True", "AllReplicasReady")
     uid = md["metadata"]["uid"]
     st = md["status"]
@@ -122,7 +110,7 @@ def test_create_makes_children_schedules_on_h100_and_reports_ready(
 
 
 def test_mig_slice_lands_on_the_mig_node(k: KubeCluster, namespace: str) -> None:
-    apply(
+    apply_as_user(
         k,
         namespace,
         manifest("bert", {"gpu": {"count": None, "mig": "1g.10gb", "products": [A100]}}),
@@ -135,10 +123,10 @@ def test_mig_slice_lands_on_the_mig_node(k: KubeCluster, namespace: str) -> None
 
 
 def test_update_rolls_out_and_observed_generation_follows(k: KubeCluster, namespace: str) -> None:
-    apply(k, namespace, manifest("roll", {"replicas": 2}))
+    apply_as_user(k, namespace, manifest("roll", {"replicas": 2}))
     before = wait_condition(k, namespace, "roll", "Ready", "True")
     old_pods = {p["metadata"]["name"] for p in pods_of(k, namespace, "roll")}
-    apply(
+    apply_as_user(
         k, namespace, manifest("roll", {"replicas": 2, "model": {"version": "2"}}, load_seconds=3)
     )
     wait_condition(k, namespace, "roll", "Progressing", "True", "RolloutInProgress", timeout=30)
@@ -156,9 +144,9 @@ def test_no_spare_gpu_rollout_replaces_in_place_instead_of_deadlocking(
     k: KubeCluster, namespace: str
 ) -> None:
     # 2 pods x 8 GPUs fill both H100 nodes: a surge pod could never schedule.
-    apply(k, namespace, manifest("big", {"replicas": 2, "gpu": {"count": 8}}))
+    apply_as_user(k, namespace, manifest("big", {"replicas": 2, "gpu": {"count": 8}}))
     wait_condition(k, namespace, "big", "Ready", "True", timeout=120)
-    apply(
+    apply_as_user(
         k,
         namespace,
         manifest("big", {"replicas": 2, "gpu": {"count": 8}, "model": {"version": "2"}}),
@@ -172,7 +160,7 @@ def test_no_spare_gpu_rollout_replaces_in_place_instead_of_deadlocking(
 
 
 def test_gpus_exhausted_reports_insufficient_gpu(k: KubeCluster, namespace: str) -> None:
-    apply(k, namespace, manifest("huge", {"replicas": 3, "gpu": {"count": 8}}))
+    apply_as_user(k, namespace, manifest("huge", {"replicas": 3, "gpu": {"count": 8}}))
     md = wait_condition(k, namespace, "huge", "Ready", "False", "InsufficientGPU", timeout=120)
     msg = cond(md, "Ready")["message"]
     assert msg.startswith(f"0/6 nodes have 8 free nvidia.com/gpu of product {H100}"), msg
@@ -196,19 +184,21 @@ def test_gpus_exhausted_reports_insufficient_gpu(k: KubeCluster, namespace: str)
 def test_gpu_product_no_node_offers_is_judged_by_the_operator(
     k: KubeCluster, namespace: str
 ) -> None:
-    apply(k, namespace, manifest("b200", {"gpu": {"products": ["NVIDIA-B200"]}}))
+    apply_as_user(k, namespace, manifest("b200", {"gpu": {"products": ["NVIDIA-B200"]}}))
     md = wait_condition(k, namespace, "b200", "Ready", "False", "GPUProductUnavailable")
     assert "NVIDIA-H100-80GB-HBM3" in cond(md, "Ready")["message"]  # lists what exists
 
 
 def test_missing_pvc_is_reported(k: KubeCluster, namespace: str) -> None:
-    apply(k, namespace, manifest("frompvc", {"model": {"uri": "pvc://nosuchclaim/resnet/1"}}))
+    apply_as_user(
+        k, namespace, manifest("frompvc", {"model": {"uri": "pvc://nosuchclaim/resnet/1"}})
+    )
     md = wait_condition(k, namespace, "frompvc", "Ready", "False", "ModelPVCNotFound")
     assert "nosuchclaim" in cond(md, "Ready")["message"]
 
 
 def test_hand_edited_children_are_restored(k: KubeCluster, namespace: str) -> None:
-    apply(k, namespace, manifest("drift"))
+    apply_as_user(k, namespace, manifest("drift"))
     wait_condition(k, namespace, "drift", "Ready", "True")
     k.kubectl("-n", namespace, "set", "image", "deployment/drift", "runtime=evil:latest")
     k.kubectl(
@@ -244,7 +234,7 @@ def test_hand_edited_children_are_restored(k: KubeCluster, namespace: str) -> No
 
 
 def test_kubectl_scale_mdep(k: KubeCluster, namespace: str) -> None:
-    apply(k, namespace, manifest("scaled", {"gpu": None, "runtime": {"device": "cpu"}}))
+    apply_as_user(k, namespace, manifest("scaled", {"gpu": None, "runtime": {"device": "cpu"}}))
     wait_condition(k, namespace, "scaled", "Ready", "True")
     k.kubectl("-n", namespace, "scale", "mdep", "scaled", "--replicas=3")
     md = wait_condition(k, namespace, "scaled", "Ready", "True", timeout=60)
@@ -273,7 +263,7 @@ def test_autoscaling_hpa_targets_the_scale_subresource_and_is_pruned(
         "replicas": None,
         "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "metric": "cpu", "target": 60},
     }
-    apply(k, namespace, manifest("auto", spec))
+    apply_as_user(k, namespace, manifest("auto", spec))
     md = wait_condition(k, namespace, "auto", "Ready", "True", timeout=60)
     assert md["status"]["replicas"] == 2  # min applies before the HPA's first decision
     hpa = get(k, namespace, "hpa", "auto")
@@ -296,14 +286,14 @@ def test_autoscaling_hpa_targets_the_scale_subresource_and_is_pruned(
         describe=lambda: json.dumps(get(k, namespace, "hpa", "auto"), indent=1),
     )
     spec["autoscaling"] = None  # type: ignore[assignment]
-    apply(k, namespace, manifest("auto", spec))
+    apply_as_user(k, namespace, manifest("auto", spec))
     wait_for(
         lambda: get(k, namespace, "hpa", "auto") is None, timeout=30, what="the HPA to be pruned"
     )
 
 
 def test_delete_garbage_collects_children(k: KubeCluster, namespace: str) -> None:
-    apply(k, namespace, manifest("gone"))
+    apply_as_user(k, namespace, manifest("gone"))
     wait_condition(k, namespace, "gone", "Ready", "True")
     k.kubectl("-n", namespace, "delete", "mdep", "gone", "--wait=true")
     for kind in ("deployment", "service", "pdb"):
@@ -318,7 +308,7 @@ def test_delete_garbage_collects_children(k: KubeCluster, namespace: str) -> Non
 def test_status_is_not_rewritten_when_nothing_changes(
     k: KubeCluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    apply(k, namespace, manifest("quiet"))
+    apply_as_user(k, namespace, manifest("quiet"))
     md = wait_condition(k, namespace, "quiet", "Ready", "True")
     rv = md["metadata"]["resourceVersion"]
     # Two resync periods: reconciles run, but nothing changes, so nothing is written.
@@ -345,7 +335,7 @@ def test_crashing_runtime_termination_message_reaches_status(
 ) -> None:
     # kwok runs no containers, so play the kubelet: report the runtime container crashing
     # with the message the runtime writes to /dev/termination-log.
-    apply(k, namespace, manifest("crashy"))
+    apply_as_user(k, namespace, manifest("crashy"))
     wait_condition(k, namespace, "crashy", "Ready", "True")
     (pod,) = pods_of(k, namespace, "crashy")
     message = "model load failed: digest mismatch: expected sha256:aa.., got sha256:bb.."

@@ -3,7 +3,6 @@ duplicate or orphaned children."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 import random
 import threading
@@ -13,7 +12,15 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 from kube_harness import KubeCluster, wait_for
-from operator_support import OperatorProcess, cond, get, install_crd, manifest, wait_condition
+from operator_support import (
+    OperatorProcess,
+    apply_as_user,
+    cond,
+    get,
+    install_crd,
+    manifest,
+    wait_condition,
+)
 
 
 @pytest.fixture
@@ -24,19 +31,6 @@ def operator(kube_cluster: KubeCluster, tmp_path: pathlib.Path) -> Iterator[Oper
         yield proc
     finally:
         proc.stop()
-
-
-def apply(k: KubeCluster, namespace: str, body: dict[str, object]) -> None:
-    k.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "--server-side",
-        "--field-manager=test",
-        "-f",
-        "-",
-        input=json.dumps(body),
-    )
 
 
 def children(k: KubeCluster, namespace: str) -> dict[str, list[str]]:
@@ -52,11 +46,11 @@ def test_killed_mid_rollout_converges_after_restart(
 ) -> None:
     k = kube_cluster
     operator.start()
-    apply(k, namespace, manifest("phoenix", {"replicas": 3}, load_seconds=1))
+    apply_as_user(k, namespace, manifest("phoenix", {"replicas": 3}, load_seconds=1))
     wait_condition(k, namespace, "phoenix", "Ready", "True", timeout=90)
 
     # Start a rollout with slow-loading pods, and kill the operator in the middle of it.
-    apply(
+    apply_as_user(
         k,
         namespace,
         manifest("phoenix", {"replicas": 3, "model": {"version": "2"}}, load_seconds=4),
@@ -65,7 +59,7 @@ def test_killed_mid_rollout_converges_after_restart(
     operator.kill()
 
     # While it is down the spec changes again; nothing reacts.
-    apply(
+    apply_as_user(
         k,
         namespace,
         manifest("phoenix", {"replicas": 2, "model": {"version": "3"}}, load_seconds=1),
@@ -96,7 +90,7 @@ def test_killed_right_after_create_converges(
     # Created while no operator runs, then the operator starts, gets killed almost at once,
     # and starts again: resume handling alone must finish the job.
     for i in range(3):
-        apply(k, namespace, manifest(f"m{i}", load_seconds=0.5))
+        apply_as_user(k, namespace, manifest(f"m{i}", load_seconds=0.5))
     operator.start()
     time.sleep(0.5)
     operator.kill()

@@ -14,6 +14,7 @@ from kube_harness import KubeCluster, wait_for
 from operator_support import (
     A100,
     OperatorProcess,
+    apply_as_user,
     cond,
     describe,
     get,
@@ -40,19 +41,6 @@ def operator(
 @pytest.fixture
 def k(kube_cluster: KubeCluster, operator: OperatorProcess) -> KubeCluster:
     return kube_cluster
-
-
-def apply(k: KubeCluster, namespace: str, body: dict[str, Any]) -> None:
-    k.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "--server-side",
-        "--field-manager=test",
-        "-f",
-        "-",
-        input=json.dumps(body),
-    )
 
 
 CPU = {"gpu": None, "runtime": {"device": "cpu", "resources": {"cpu": "1", "memory": "1Gi"}}}
@@ -128,7 +116,7 @@ def test_bad_input_ends_in_a_status_naming_it(  # noqa: PLR0917 (one row of BAD_
     k: KubeCluster, namespace: str, label: str, spec: dict[str, Any], reason: str, words: list[str]
 ) -> None:
     name = "bad"
-    apply(k, namespace, manifest(name, spec))
+    apply_as_user(k, namespace, manifest(name, spec))
     md = wait_condition(k, namespace, name, "Ready", "False", reason, timeout=60)
     message = cond(md, "Ready")["message"]
     for word in words:
@@ -149,7 +137,7 @@ def test_an_unbound_claim_is_not_a_missing_one(k: KubeCluster, namespace: str) -
         },
         namespace,
     )
-    apply(k, namespace, manifest("frompvc", {"model": {"uri": "pvc://models/resnet/1"}}))
+    apply_as_user(k, namespace, manifest("frompvc", {"model": {"uri": "pvc://models/resnet/1"}}))
     md = wait_condition(k, namespace, "frompvc", "Ready", "False", "ModelPVCNotBound", timeout=60)
     assert "'models'" in cond(md, "Ready")["message"]
 
@@ -158,7 +146,7 @@ def test_non_ascii_values_reach_the_pods(k: KubeCluster, namespace: str) -> None
     note = "模型 🚀 ünïcödé"
     body = manifest("unicode", CPU)
     body["metadata"]["annotations"]["modelfleet.io/simulated-note"] = note
-    apply(k, namespace, body)
+    apply_as_user(k, namespace, body)
     wait_condition(k, namespace, "unicode", "Ready", "True", timeout=60)
     dep = get(k, namespace, "deployment", "unicode")
     assert dep is not None
@@ -216,7 +204,7 @@ def test_a_strangers_object_is_never_touched(k: KubeCluster, namespace: str, kin
         "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "metric": "cpu", "target": 80},
         "replicas": None,
     }
-    apply(k, namespace, manifest(name, spec))
+    apply_as_user(k, namespace, manifest(name, spec))
     md = wait_condition(k, namespace, name, "Ready", "False", "ChildConflict", timeout=60)
     assert f"{kind} {name}" in cond(md, "Ready")["message"]
     after = get(k, namespace, kind.lower(), name)
@@ -311,7 +299,7 @@ def test_drift_on_a_field_the_operator_sets_is_restored(  # noqa: PLR0917 (one D
     k: KubeCluster, namespace: str, label: str, kind: str, patch: list[str], restored: Any
 ) -> None:
     name = "drift"
-    apply(k, namespace, manifest(name, CPU))
+    apply_as_user(k, namespace, manifest(name, CPU))
     wait_condition(k, namespace, name, "Ready", "True", timeout=60)
     k.kubectl("-n", namespace, "patch", kind, name, *patch)
 
