@@ -148,6 +148,13 @@ def sample_md(name: str = "resnet") -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def can_i(resource: str) -> list[str]:
+    """`kubectl auth can-i` arguments for "kind" or "kind/subresource" (a bare "kind/status"
+    would ask about an object *named* status)."""
+    kind, _, sub = resource.partition("/")
+    return [kind, f"--subresource={sub}"] if sub else [kind]
+
+
 def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
     kube_cluster: KubeCluster, helm: Helm, namespace: str, crd_guard: None
 ) -> None:
@@ -206,22 +213,28 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
         # The binding really gives the ServiceAccount what it needs, and nothing like secrets.
         as_sa = f"--as=system:serviceaccount:{namespace}:{name}"
         for verb, resource in [
-            ("patch", "modeldeployments.modelfleet.io"),
+            ("watch", "modeldeployments.modelfleet.io"),
             ("patch", "modeldeployments.modelfleet.io/status"),
             ("create", "deployments.apps"),
             ("delete", "services"),
             ("list", "nodes"),
             ("watch", "customresourcedefinitions"),
         ]:
-            got = kube_cluster.kubectl("auth", "can-i", verb, resource, as_sa, "-A", check=False)
+            got = kube_cluster.kubectl(
+                "auth", "can-i", verb, *can_i(resource), as_sa, "-A", check=False
+            )
             assert got.stdout.strip() == "yes", (verb, resource, got.stdout, got.stderr)
         for verb, resource in [
+            # the operator never writes a user's spec: status only
+            ("patch", "modeldeployments.modelfleet.io"),
             ("get", "secrets"),
             ("delete", "pods"),
             ("create", "clusterroles"),
             ("update", "deployments.apps"),
         ]:
-            got = kube_cluster.kubectl("auth", "can-i", verb, resource, as_sa, "-A", check=False)
+            got = kube_cluster.kubectl(
+                "auth", "can-i", verb, *can_i(resource), as_sa, "-A", check=False
+            )
             assert got.stdout.strip() == "no", (verb, resource, got.stdout)
 
         dep = kube_cluster.kubectl_json("-n", namespace, "get", "deployment", name)
@@ -398,12 +411,14 @@ def test_namespace_scope_installs_roles_in_the_watched_namespace_only(
         def can(verb: str, resource: str, ns: str | None) -> str:
             where = ["-n", ns] if ns else []
             return kube_cluster.kubectl(
-                "auth", "can-i", verb, resource, as_sa, *where, check=False
+                "auth", "can-i", verb, *can_i(resource), as_sa, *where, check=False
             ).stdout.strip()
 
-        assert can("patch", "modeldeployments.modelfleet.io", watched) == "yes"
+        assert can("watch", "modeldeployments.modelfleet.io", watched) == "yes"
+        assert can("patch", "modeldeployments.modelfleet.io/status", watched) == "yes"
         assert can("create", "deployments.apps", watched) == "yes"
-        assert can("patch", "modeldeployments.modelfleet.io", "default") == "no"
+        assert can("watch", "modeldeployments.modelfleet.io", "default") == "no"
+        assert can("patch", "modeldeployments.modelfleet.io/status", "default") == "no"
         assert can("create", "deployments.apps", namespace) == "no"
         assert can("list", "nodes", None) == "yes"
         assert can("watch", "customresourcedefinitions", None) == "yes"
