@@ -68,6 +68,7 @@ def _kwokctl(k: KubeCluster, *args: str) -> None:
     )
 
 
+@pytest.mark.restarts_control_plane
 def test_control_plane_restart_is_survived_without_restarting_the_operator(
     kube_cluster: KubeCluster, restart_namespace: str, operator: OperatorProcess
 ) -> None:
