@@ -115,6 +115,11 @@ def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 _NODES_RE = re.compile(r"^(\d+)/(\d+) nodes are available")
+# The scheduler names a missing claim as `persistentvolumeclaim "x" not found`; an unbound
+# one as `pod has unbound immediate PersistentVolumeClaims` (sometimes followed by an
+# unrelated "not found", e.g. of a StorageClass), so "not found" alone decides nothing.
+_PVC_MISSING_RE = re.compile(r'persistentvolumeclaim "[^"]*" not found', re.IGNORECASE)
+_PVC_REASONS = (Reason.MODEL_PVC_NOT_FOUND, Reason.MODEL_PVC_NOT_BOUND)
 
 
 def _pending_problem(pod: Mapping[str, Any], spec: ModelDeploymentSpec | None) -> Problem | None:
@@ -124,9 +129,10 @@ def _pending_problem(pod: Mapping[str, Any], spec: ModelDeploymentSpec | None) -
         message = str(cond.get("message") or "")
         if cond.get("reason") not in ("Unschedulable", None) and not message:
             return None
-        lower = message.lower()
-        if "persistentvolumeclaim" in lower and "not found" in lower:
+        if _PVC_MISSING_RE.search(message):
             return Problem(Reason.MODEL_PVC_NOT_FOUND, _truncate(message))
+        if "unbound immediate persistentvolumeclaims" in message.lower():
+            return Problem(Reason.MODEL_PVC_NOT_BOUND, _truncate(message))
         gpu = spec.gpu if spec else None
         if gpu is not None and f"Insufficient {gpu.resource}" in message:
             m = _NODES_RE.match(message)
@@ -283,7 +289,12 @@ def compute_status(
     dep_current = dep is not None and int(
         ((dep.get("status") or {}).get("observedGeneration")) or 0
     ) >= int((dep.get("metadata") or {}).get("generation") or 0)
-    problems = list(obs.problems) + diagnose_pods(obs.pods, spec)
+    from_pods = diagnose_pods(obs.pods, spec)
+    if any(p.reason in _PVC_REASONS for p in obs.problems):
+        # The operator looked at the claim itself; the scheduler's words about it are stale
+        # or vaguer.
+        from_pods = [p for p in from_pods if p.reason not in _PVC_REASONS]
+    problems = list(obs.problems) + from_pods
     failure = _replica_failure(dep, spec)
     if failure is not None:
         problems.append(failure)

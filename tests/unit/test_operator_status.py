@@ -176,6 +176,31 @@ def test_image_pull_and_missing_pvc() -> None:
     assert reasons == {Reason.IMAGE_PULL_FAILED, Reason.MODEL_PVC_NOT_FOUND}
 
 
+def test_unbound_claim_message_with_a_stray_not_found_is_not_a_missing_claim() -> None:
+    # Seen in CI: the scheduler appends an unrelated "not found" to the unbound-claim message.
+    pod = pending_pod(
+        "0/6 nodes are available: pod has unbound immediate PersistentVolumeClaims. not found"
+    )
+    assert [p.reason for p in diagnose_pods([pod], SPEC)] == [Reason.MODEL_PVC_NOT_BOUND]
+
+
+def test_operator_view_of_the_claim_replaces_the_scheduler_words() -> None:
+    status, _ = compute_status(
+        observe(
+            deployment=dep(ready=0, available=0),
+            problems=[
+                Problem(Reason.MODEL_PVC_NOT_BOUND, "PersistentVolumeClaim 'models' is Pending")
+            ],
+            pods=[pending_pod('persistentvolumeclaim "models" not found')],
+        ),
+        None,
+        NOW,
+    )
+    c = conds(status)
+    assert c["Ready"]["reason"] == Reason.MODEL_PVC_NOT_BOUND
+    assert Reason.MODEL_PVC_NOT_FOUND not in c["Degraded"]["message"]
+
+
 def test_terminating_pods_are_ignored() -> None:
     p = crashing_pod("boom")
     p["metadata"]["deletionTimestamp"] = NOW
