@@ -38,6 +38,10 @@ _APIS: dict[str, tuple[str, str]] = {
     "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"),
     "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
 }
+# Children of custom kinds, written through CustomObjectsApi: kind -> (group, version, plural).
+_CUSTOM: dict[str, tuple[str, str, str]] = {
+    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
+}
 
 
 class KubeError(Exception):
@@ -94,6 +98,7 @@ class Kube:
     ) -> Any:
         """One request: raw JSON back, any failure as a KubeError, counted by verb/kind/code."""
         code = "0"
+        started = time.monotonic()
         try:
             resp = await fn(*args, _preload_content=False, _request_timeout=TIMEOUT, **kwargs)
             async with resp:
@@ -108,15 +113,31 @@ class Kube:
             raise KubeError(exc.status or 0, exc.reason or "", str(exc.body or "")) from exc
         finally:
             self.metrics.api_requests.labels(verb, kind, code).inc()
+            self.metrics.api_seconds.labels(verb).observe(time.monotonic() - started)
         return json.loads(data) if data else None
 
     # --- children ----------------------------------------------------------------------------
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply under the operator's field manager (force: we own these)."""
-        cls, suffix = _APIS[obj["kind"]]
         meta = obj["metadata"]
         body = json.dumps(obj, ensure_ascii=False).encode()
+        if obj["kind"] in _CUSTOM:
+            custom: dict[str, Any] = await self._call(
+                "apply",
+                obj["kind"],
+                self._api("CustomObjectsApi").patch_namespaced_custom_object,
+                *_CUSTOM[obj["kind"]][:2],
+                meta["namespace"],
+                _CUSTOM[obj["kind"]][2],
+                meta["name"],
+                body,
+                field_manager=MANAGER,
+                force=True,
+                _content_type=APPLY,
+            )
+            return custom
+        cls, suffix = _APIS[obj["kind"]]
         out: dict[str, Any] = await self._call(
             "apply",
             obj["kind"],
@@ -140,11 +161,27 @@ class Kube:
     ) -> dict[str, Any]:
         """Set whole lists (JSON Patch ``add`` replaces a member), only if the object is
         still the version the plan looked at."""
-        cls, suffix = _APIS[kind]
         ops: list[dict[str, Any]] = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}
         ]
         ops += [{"op": "add", "path": path, "value": value} for path, value in values]
+        if kind in _CUSTOM:
+            group, version, plural = _CUSTOM[kind]
+            custom: dict[str, Any] = await self._call(
+                "patch",
+                kind,
+                self._api("CustomObjectsApi").patch_namespaced_custom_object,
+                group,
+                version,
+                namespace,
+                plural,
+                name,
+                ops,
+                field_manager=MANAGER,
+                _content_type=JSON_PATCH,
+            )
+            return custom
+        cls, suffix = _APIS[kind]
         out: dict[str, Any] = await self._call(
             "patch",
             kind,
@@ -159,17 +196,31 @@ class Kube:
 
     async def delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
         """Delete one child, only the exact object (uid) the plan saw; False if it is gone."""
-        cls, suffix = _APIS[kind]
         body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
         try:
-            await self._call(
-                "delete",
-                kind,
-                getattr(self._api(cls), f"delete_namespaced_{suffix}"),
-                name,
-                namespace,
-                body=body,
-            )
+            if kind in _CUSTOM:
+                group, version, plural = _CUSTOM[kind]
+                await self._call(
+                    "delete",
+                    kind,
+                    self._api("CustomObjectsApi").delete_namespaced_custom_object,
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    body=body,
+                )
+            else:
+                cls, suffix = _APIS[kind]
+                await self._call(
+                    "delete",
+                    kind,
+                    getattr(self._api(cls), f"delete_namespaced_{suffix}"),
+                    name,
+                    namespace,
+                    body=body,
+                )
         except KubeError as exc:
             if exc.status in (404, 409):
                 return False
@@ -191,6 +242,23 @@ class Kube:
             PLURAL,
             name,
             {"status": status},
+            _content_type=MERGE,
+        )
+        return out
+
+    async def patch_scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """Set spec.replicas through the scale subresource (the builtin autoscaler's write;
+        RBAC: modeldeployments/scale patch, not the spec)."""
+        out: dict[str, Any] = await self._call(
+            "patch",
+            "ModelDeployment/scale",
+            self._api("CustomObjectsApi").patch_namespaced_custom_object_scale,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"spec": {"replicas": replicas}},
             _content_type=MERGE,
         )
         return out

@@ -59,6 +59,14 @@ class OperatorMetrics:
             ["verb", "kind", "code"],
             registry=self.registry,
         )
+        self.api_seconds = Histogram(
+            "modelfleet_operator_api_request_duration_seconds",
+            "Wall time of one API request, by verb: the client's connection-pool wait included, "
+            "so it shows whether the operator or the API server is the bottleneck.",
+            ["verb"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
         self.queue_depth = Gauge(
             "modelfleet_operator_queue_depth",
             "ModelDeployments waiting for a reconcile.",
