@@ -20,6 +20,8 @@ from .spec import (
     DEVICES,
     DIGEST_PATTERN,
     DTYPES,
+    ENGINE_METRICS,
+    ENGINES,
     ENTRYPOINT_PATTERN,
     FORMATS,
     GROUP,
@@ -326,18 +328,30 @@ def gpu_schema() -> Schema:
 
 
 def autoscaling_schema() -> Schema:
+    builtin_metrics = ", ".join(f"'{m}'" for m in ENGINE_METRICS["builtin"])
     return obj(
-        "Horizontal autoscaling: an HPA targets this ModelDeployment's scale subresource and "
-        "owns spec.replicas while this is set.",
+        "Horizontal autoscaling: exactly one engine owns spec.replicas (through the scale "
+        "subresource) while this is set.",
         {
+            "engine": string(
+                "Who scales: builtin (the operator scrapes the runtime pods' /metrics every "
+                "second and writes the scale subresource; no Prometheus or metrics adapter "
+                "needed; the default for concurrency and rps), hpa (a HorizontalPodAutoscaler; "
+                "the default for cpu; concurrency and rps then need a custom metrics adapter), "
+                "or keda (a KEDA ScaledObject; needs KEDA installed).",
+                enum=list(ENGINES),
+            ),
             "minReplicas": integer(
-                "Fewest replicas.", minimum=1, maximum=1000, **_d("autoscaling.minReplicas")
+                "Fewest replicas (scale to zero is not supported yet).",
+                minimum=1,
+                maximum=1000,
+                **_d("autoscaling.minReplicas"),
             ),
             "maxReplicas": integer("Most replicas.", minimum=1, maximum=1000),
             "metric": string(
-                "What drives scaling: concurrency (in-flight requests per pod), "
-                "rps (requests per second per pod), both read as Pods custom "
-                "metrics, or cpu (utilization percent of the CPU request).",
+                "What drives scaling: concurrency (in-flight plus queued requests per pod), "
+                "rps (requests per second per pod), or cpu (utilization percent of the CPU "
+                "request; engine hpa or keda).",
                 enum=list(METRICS),
                 **_d("autoscaling.metric"),
             ),
@@ -347,17 +361,36 @@ def autoscaling_schema() -> Schema:
                 minimum=0,
             ),
             "scaleUpStabilizationSeconds": integer(
-                "Window the HPA looks back over before scaling up.",
+                "Window looked back over before scaling up (the highest recommendation in it "
+                "wins; 0 scales up at once).",
                 minimum=0,
                 maximum=3600,
                 **_d("autoscaling.scaleUpStabilizationSeconds"),
             ),
             "scaleDownStabilizationSeconds": integer(
-                "Window the HPA looks back over before scaling down (model loads are slow; "
-                "do not flap).",
+                "Window looked back over before scaling down: the builtin engine scales down "
+                "only to the highest recommendation of this window (model loads are slow; do "
+                "not flap).",
                 minimum=0,
                 maximum=3600,
                 **_d("autoscaling.scaleDownStabilizationSeconds"),
+            ),
+            "keda": obj(
+                "Engine keda: where its prometheus trigger reads the runtime's metrics.",
+                {
+                    "serverAddress": string(
+                        "URL of the Prometheus that scrapes the runtime pods' /metrics, e.g. "
+                        "http://prometheus.monitoring:9090. Required for concurrency and rps.",
+                        maxLength=2048,
+                    ),
+                    "query": string(
+                        "PromQL giving the total demand (its value over target is the desired "
+                        "replica count); defaults to the sum of modelfleet_inflight_requests "
+                        "and modelfleet_queue_depth (or the rate of modelfleet_requests_total "
+                        "for rps) of this model in this namespace.",
+                        maxLength=4096,
+                    ),
+                },
             ),
         },
         required=["maxReplicas", "target"],
@@ -371,6 +404,25 @@ def autoscaling_schema() -> Schema:
                 "self.metric != 'cpu' || (self.target >= 1.0 && self.target <= 1000.0)",
                 "target for metric cpu is a utilization percent between 1 and 1000",
                 field_path=".target",
+            ),
+            rule(
+                "!has(self.engine) || self.engine != 'builtin' || "
+                f"self.metric in [{builtin_metrics}]",
+                "engine builtin scales on concurrency or rps; use engine hpa or keda for cpu",
+                field_path=".engine",
+            ),
+            rule(
+                "!has(self.engine) || self.engine != 'keda' || self.metric == 'cpu' || "
+                "(has(self.keda) && has(self.keda.serverAddress))",
+                "engine keda on concurrency or rps needs keda.serverAddress (the Prometheus "
+                "that scrapes the runtime)",
+                field_path=".keda.serverAddress",
+                reason="FieldValueRequired",
+            ),
+            rule(
+                "!has(self.keda) || (has(self.engine) && self.engine == 'keda')",
+                "keda is only read by engine keda",
+                field_path=".keda",
             ),
         ],
     )
@@ -452,8 +504,8 @@ def spec_schema() -> Schema:
             "runtime": runtime_schema(),
             "gpu": gpu_schema(),
             "replicas": integer(
-                "Serving pods to run. While autoscaling is set the HPA writes "
-                "this through the scale subresource; leave it out of applied "
+                "Serving pods to run. While autoscaling is set its engine (builtin, HPA or "
+                "KEDA) writes this through the scale subresource; leave it out of applied "
                 "manifests then.",
                 minimum=0,
                 maximum=1000,

@@ -48,6 +48,8 @@ CHILDREN = {
     "Service": ("", "v1", "services"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    # KEDA's CRD may be absent: kopf then warns once and leaves this index empty.
+    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
 }
 # Everything watched: (group, version, plural). The chart's RBAC grants list+watch on each
 # (tests/unit/test_chart_render.py checks).
@@ -64,6 +66,7 @@ INDEX = {
     "Service": "mf_services",
     "PodDisruptionBudget": "mf_pdbs",
     "HorizontalPodAutoscaler": "mf_hpas",
+    "ScaledObject": "mf_scaledobjects",
 }
 
 

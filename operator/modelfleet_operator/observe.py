@@ -17,7 +17,13 @@ from .spec import GROUP, KIND
 Obj = Mapping[str, Any]
 
 # Children, by kind; each is named after its ModelDeployment.
-CHILD_KINDS = ("Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler")
+CHILD_KINDS = (
+    "Deployment",
+    "Service",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "ScaledObject",  # KEDA's (engine keda); unwatched where KEDA's CRD is not installed
+)
 GPU_RESOURCE_PREFIX = "nvidia.com/"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 

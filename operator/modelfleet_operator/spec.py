@@ -28,6 +28,16 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 METRICS = ("concurrency", "rps", "cpu")
+# Who owns the scale subresource: the operator's own scaler, an HPA it renders, or KEDA.
+ENGINES = ("builtin", "hpa", "keda")
+# The engine a metric gets when spec.autoscaling.engine is unset.
+DEFAULT_ENGINE = {"concurrency": "builtin", "rps": "builtin", "cpu": "hpa"}
+# What each engine can scale on (builtin reads the runtime's /metrics, which has no CPU).
+ENGINE_METRICS = {
+    "builtin": ("concurrency", "rps"),
+    "hpa": ("concurrency", "rps", "cpu"),
+    "keda": ("concurrency", "rps", "cpu"),
+}
 STRATEGIES = ("Auto", "RollingUpdate", "Recreate")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 URI_SCHEMES = ("pvc", "http", "https", "s3", "file")
@@ -175,6 +185,14 @@ def _short_product(product: str) -> str:
 
 
 @dataclass(frozen=True)
+class KedaSpec:
+    """Where KEDA's prometheus trigger reads the runtime's metrics (engine keda)."""
+
+    server_address: str | None = None
+    query: str | None = None  # None: the operator's own query over the runtime's gauges
+
+
+@dataclass(frozen=True)
 class AutoscalingSpec:
     min_replicas: int
     max_replicas: int
@@ -182,6 +200,8 @@ class AutoscalingSpec:
     target: float
     scale_up_window_s: int
     scale_down_window_s: int
+    engine: str = "builtin"
+    keda: KedaSpec = field(default_factory=KedaSpec)
 
 
 @dataclass(frozen=True)
@@ -226,8 +246,9 @@ class ModelDeploymentSpec:
     def desired_replicas(self) -> int:
         """Replicas the Deployment should run now.
 
-        With autoscaling on, the HPA writes spec.replicas through the scale subresource;
-        clamping to [min, max] only avoids a dip before the HPA's first decision.
+        With autoscaling on, the engine (the operator's builtin scaler, the HPA or KEDA) writes
+        spec.replicas through the scale subresource; clamping to [min, max] only avoids a dip
+        before its first decision.
         """
         if self.autoscaling is None:
             return self.replicas
@@ -496,6 +517,29 @@ def _parse_gpu(g: _Reader) -> GPUSpec:
 
 def _parse_autoscaling(a: _Reader) -> AutoscalingSpec:
     metric = _req(a.text("metric", choices=METRICS))
+    engine = a.text("engine", choices=ENGINES) or DEFAULT_ENGINE[metric]
+    if metric not in ENGINE_METRICS[engine]:
+        raise InvalidSpec(
+            "spec.autoscaling.engine",
+            f"{engine} cannot scale on metric {metric} (it scales on "
+            f"{' or '.join(ENGINE_METRICS[engine])}); use engine hpa or keda for cpu",
+        )
+    k = a.child("keda")
+    keda = KedaSpec(server_address=k.text("serverAddress"), query=k.text("query"))
+    if engine == "keda" and metric != "cpu" and keda.server_address is None:
+        raise InvalidSpec(
+            "spec.autoscaling.keda.serverAddress",
+            f"is required for engine keda on metric {metric}: the Prometheus that scrapes "
+            "the runtime's /metrics (KEDA's prometheus trigger queries it)",
+        )
+    if engine != "keda" and k.raw:
+        raise InvalidSpec("spec.autoscaling.keda", f"is only read by engine keda (got {engine})")
+    if a.raw.get("minReplicas") == 0:
+        raise InvalidSpec(
+            "spec.autoscaling.minReplicas",
+            "0 (scale to zero) is not supported yet: it needs the activator that holds "
+            "requests while no replica is ready; use 1",
+        )
     spec = AutoscalingSpec(
         min_replicas=_req(a.integer("minReplicas", minimum=1, maximum=1000)),
         max_replicas=_req(a.integer("maxReplicas", minimum=1, maximum=1000, required=True)),
@@ -505,6 +549,8 @@ def _parse_autoscaling(a: _Reader) -> AutoscalingSpec:
         scale_down_window_s=_req(
             a.integer("scaleDownStabilizationSeconds", minimum=0, maximum=3600)
         ),
+        engine=engine,
+        keda=keda,
     )
     if spec.min_replicas > spec.max_replicas:
         raise InvalidSpec("spec.autoscaling.minReplicas", "must be <= maxReplicas")

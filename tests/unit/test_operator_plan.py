@@ -58,12 +58,60 @@ def test_converged_means_no_action() -> None:
 
 
 def test_autoscaling_adds_the_hpa_and_removing_it_prunes_ours() -> None:
-    auto = {"autoscaling": {"maxReplicas": 4, "target": 2}}
+    auto = {"autoscaling": {"maxReplicas": 4, "target": 2, "engine": "hpa"}}
     kids = converged(auto)
     assert "HorizontalPodAutoscaler" in kids
     assert plan(facts(auto, children=kids), CONFIG).actions == ()
     p = plan(facts(children=kids), CONFIG)  # autoscaling removed from the spec
     assert [(a.kind, a.op) for a in p.actions] == [("HorizontalPodAutoscaler", DELETE)]
+
+
+KEDA = {"serverAddress": "http://prometheus.monitoring:9090"}
+ENGINE_CHILDREN = [
+    # (autoscaling, the one scale-owning child rendered or None for the builtin engine)
+    ({"maxReplicas": 4, "target": 2}, None),  # concurrency defaults to builtin
+    ({"maxReplicas": 4, "target": 2, "metric": "rps"}, None),
+    ({"maxReplicas": 4, "target": 70, "metric": "cpu"}, "HorizontalPodAutoscaler"),
+    ({"maxReplicas": 4, "target": 2, "engine": "hpa"}, "HorizontalPodAutoscaler"),
+    ({"maxReplicas": 4, "target": 2, "engine": "keda", "keda": KEDA}, "ScaledObject"),
+    ({"maxReplicas": 4, "target": 70, "metric": "cpu", "engine": "keda"}, "ScaledObject"),
+]
+
+
+@pytest.mark.parametrize(("auto", "owner"), ENGINE_CHILDREN)
+def test_exactly_one_engine_owns_the_scale_subresource(
+    auto: dict[str, Any], owner: str | None
+) -> None:
+    kinds = {a.kind for a in plan(facts({"autoscaling": auto}), CONFIG).actions}
+    scalers = kinds & {"HorizontalPodAutoscaler", "ScaledObject"}
+    assert scalers == ({owner} if owner else set())
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "pruned"),
+    [
+        ("hpa", "builtin", "HorizontalPodAutoscaler"),
+        ("hpa", "keda", "HorizontalPodAutoscaler"),
+        ("keda", "hpa", "ScaledObject"),
+        ("keda", "builtin", "ScaledObject"),
+    ],
+)
+def test_switching_engines_deletes_the_child_that_no_longer_applies(
+    before: str, after: str, pruned: str
+) -> None:
+    def auto(engine: str) -> dict[str, Any]:
+        a: dict[str, Any] = {"maxReplicas": 4, "target": 2, "engine": engine}
+        if engine == "keda":
+            a["keda"] = KEDA
+        return {"autoscaling": a}
+
+    kids = converged(auto(before))
+    p = plan(facts(auto(after), children=kids), CONFIG)
+    ops = {(a.kind, a.op) for a in p.actions}
+    assert (pruned, DELETE) in ops
+    if after != "builtin":
+        other = "ScaledObject" if after == "keda" else "HorizontalPodAutoscaler"
+        assert (other, APPLY) in ops
 
 
 def _edit(kids: dict[str, Any], kind: str, path: list[Any], value: Any) -> dict[str, Any]:
@@ -167,7 +215,8 @@ def test_what_others_add_is_not_drift(label: str, kind: str, path: list[Any], va
 
 
 @pytest.mark.parametrize(
-    "kind", ["Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
+    "kind",
+    ["Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ScaledObject"],
 )
 def test_a_strangers_child_is_reported_and_left_alone(kind: str) -> None:
     auto = {"autoscaling": {"maxReplicas": 4, "target": 2}}

@@ -279,7 +279,7 @@ def test_a_strangers_child_is_never_written(kind: str) -> None:
 
 
 def test_autoscaling_off_prunes_our_hpa_only() -> None:
-    c = cluster({"autoscaling": {"maxReplicas": 4, "target": 2}})
+    c = cluster({"autoscaling": {"maxReplicas": 4, "target": 2, "engine": "hpa"}})
     run(reconcile(c))
     assert c.get("HorizontalPodAutoscaler") is not None
     body = c.get("ModelDeployment")

@@ -13,6 +13,7 @@ from modelfleet_operator.render.deployment import (
     template_hash,
 )
 from modelfleet_operator.render.hpa import render_hpa
+from modelfleet_operator.render.keda import render_scaled_object
 from modelfleet_operator.render.pdb import render_pdb
 from modelfleet_operator.render.service import render_service, service_url
 from modelfleet_operator.spec import parse_spec
@@ -43,7 +44,7 @@ def container(spec: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def test_children_share_owner_reference_and_standard_labels() -> None:
-    owner, s = setup({"autoscaling": {"maxReplicas": 4, "target": 3}})
+    owner, s = setup({"autoscaling": {"maxReplicas": 4, "target": 3, "engine": "hpa"}})
     kinds = []
     for child in render_all(owner, s, CONFIG, SURGE):
         kinds.append(child["kind"])
@@ -64,6 +65,34 @@ def test_children_share_owner_reference_and_standard_labels() -> None:
         assert meta["labels"]["app.kubernetes.io/version"] == "3"
     assert kinds == ["Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
     assert "HorizontalPodAutoscaler" not in [c["kind"] for c in render_all(*setup(), CONFIG, SURGE)]
+
+
+def test_scaled_object_targets_the_modeldeployment_with_a_prometheus_trigger() -> None:
+    keda = {"serverAddress": "http://prometheus.monitoring:9090"}
+    auto = {"minReplicas": 2, "maxReplicas": 6, "target": 2.5, "engine": "keda", "keda": keda}
+    owner, s = setup({"autoscaling": auto})
+    kinds = [c["kind"] for c in render_all(owner, s, CONFIG, SURGE)]
+    assert kinds == ["Deployment", "Service", "PodDisruptionBudget", "ScaledObject"]
+    so = render_scaled_object(owner, s)
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    assert so["spec"]["scaleTargetRef"] == {
+        "apiVersion": "modelfleet.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "resnet",
+    }
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 6)
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert trigger["metadata"] == {
+        "serverAddress": "http://prometheus.monitoring:9090",
+        "query": 'sum(modelfleet_inflight_requests{namespace="ml",model="resnet"})',
+        "threshold": "2500m",
+    }
+    owner, s = setup({"autoscaling": {"maxReplicas": 3, "metric": "cpu", "target": 70,
+                                      "engine": "keda"}})  # fmt: skip
+    assert render_scaled_object(owner, s)["spec"]["triggers"] == [
+        {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}}
+    ]
 
 
 def test_whole_gpus_are_limits_with_product_affinity_and_toleration() -> None:

@@ -63,6 +63,32 @@ def test_desired_replicas_clamped_to_autoscaling_bounds(
     assert parse({"replicas": 3}).desired_replicas() == 3
 
 
+@pytest.mark.parametrize(
+    ("metric", "engine", "want"),
+    [
+        ("concurrency", None, "builtin"),
+        ("rps", None, "builtin"),
+        ("cpu", None, "hpa"),
+        ("concurrency", "hpa", "hpa"),
+        ("cpu", "keda", "keda"),
+    ],
+)
+def test_engine_defaults_follow_the_metric(metric: str, engine: str | None, want: str) -> None:
+    auto: dict[str, Any] = {"maxReplicas": 4, "metric": metric, "target": 50}
+    if engine:
+        auto["engine"] = engine
+    a = parse({"autoscaling": auto}).autoscaling
+    assert a is not None and a.engine == want
+
+
+def test_cpu_with_builtin_says_which_engines_can() -> None:
+    with pytest.raises(InvalidSpec) as err:
+        parse({"autoscaling": {"maxReplicas": 2, "metric": "cpu", "target": 70,
+                               "engine": "builtin"}})  # fmt: skip
+    assert "builtin cannot scale on metric cpu" in str(err.value)
+    assert "hpa or keda" in str(err.value)
+
+
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("no model", {"model": None}, "spec.model"),
     ("no uri", {"model": {"uri": None}}, "spec.model.uri"),
@@ -95,6 +121,31 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "bad metric",
         {"autoscaling": {"maxReplicas": 2, "metric": "gpu", "target": 1}},
         "spec.autoscaling.metric",
+    ),
+    (
+        "cpu with builtin",
+        {"autoscaling": {"maxReplicas": 2, "metric": "cpu", "target": 70, "engine": "builtin"}},
+        "spec.autoscaling.engine",
+    ),
+    (
+        "bad engine",
+        {"autoscaling": {"maxReplicas": 2, "target": 1, "engine": "knative"}},
+        "spec.autoscaling.engine",
+    ),
+    (
+        "keda on concurrency without a Prometheus",
+        {"autoscaling": {"maxReplicas": 2, "target": 1, "engine": "keda"}},
+        "spec.autoscaling.keda.serverAddress",
+    ),
+    (
+        "keda settings with another engine",
+        {"autoscaling": {"maxReplicas": 2, "target": 1, "keda": {"serverAddress": "http://p"}}},
+        "spec.autoscaling.keda",
+    ),
+    (
+        "scale to zero (not yet)",
+        {"autoscaling": {"minReplicas": 0, "maxReplicas": 2, "target": 1}},
+        "spec.autoscaling.minReplicas",
     ),
     ("device cpu with gpu", {"runtime": {"device": "cpu"}}, "spec.runtime.device"),
     (

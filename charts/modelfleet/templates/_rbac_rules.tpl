@@ -34,6 +34,11 @@ operator as this ServiceAccount and fails on any "forbidden".
 - apiGroups: ["modelfleet.io"]
   resources: ["modeldeployments/status"]
   verbs: ["patch"]
+# operator: the builtin autoscaler (spec.autoscaling.engine builtin) sets spec.replicas
+# through the scale subresource, as an HPA would; it may not patch the rest of the spec.
+- apiGroups: ["modelfleet.io"]
+  resources: ["modeldeployments/scale"]
+  verbs: ["patch"]
 # operator: children's ownerReferences set blockOwnerDeletion, which clusters running the
 # OwnerReferencesPermissionEnforcement admission plugin (e.g. OpenShift) only allow to
 # whoever may update the owner's finalizers.
@@ -54,6 +59,10 @@ operator as this ServiceAccount and fails on any "forbidden".
   verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# engine keda: the ScaledObject (watched only where KEDA's CRD is installed).
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 # operator: watches pods (why Pending, crash messages, GPUs in use on each node).
 - apiGroups: [""]

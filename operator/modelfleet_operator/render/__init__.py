@@ -8,6 +8,7 @@ from ..spec import ModelDeploymentSpec
 from .common import Owner, RenderConfig
 from .deployment import Strategy, render_deployment
 from .hpa import render_hpa
+from .keda import render_scaled_object
 from .pdb import render_pdb
 from .service import render_service
 
@@ -23,6 +24,11 @@ def render_all(
         render_service(owner, spec),
         render_pdb(owner, spec),
     ]
-    if spec.autoscaling is not None:
+    # Exactly one owner of the scale subresource: the builtin engine renders no child (the
+    # operator's scaler writes /scale itself), hpa an HPA, keda a ScaledObject.
+    engine = spec.autoscaling.engine if spec.autoscaling is not None else None
+    if engine == "hpa":
         children.append(render_hpa(owner, spec))
+    elif engine == "keda":
+        children.append(render_scaled_object(owner, spec))
     return children

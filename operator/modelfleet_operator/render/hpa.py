@@ -13,7 +13,7 @@ CONCURRENCY_METRIC = "modelfleet_inflight_requests"
 RPS_METRIC = "modelfleet_requests_per_second"
 
 
-def _format_target(value: float) -> str:
+def format_target(value: float) -> str:
     # Quantities: 4.0 -> "4", 2.5 -> "2500m" (milli-units keep it integral).
     if value == int(value):
         return str(int(value))
@@ -38,7 +38,7 @@ def render_hpa(owner: Owner, spec: ModelDeploymentSpec) -> dict[str, Any]:
             "type": "Pods",
             "pods": {
                 "metric": {"name": name},
-                "target": {"type": "AverageValue", "averageValue": _format_target(auto.target)},
+                "target": {"type": "AverageValue", "averageValue": format_target(auto.target)},
             },
         }
     return {
