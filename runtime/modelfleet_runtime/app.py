@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import gc
 import logging
 import math
 import signal
@@ -35,6 +36,7 @@ from .metrics import Metrics
 from .model import PLATFORMS, LoadOptions, Model, load
 from .protocol import (
     TORCH_DTYPES,
+    HeaderCache,
     InferRequest,
     decode_infer,
     decompress,
@@ -183,6 +185,7 @@ class App:
         self._decoding = 0  # requests on or waiting for the decode thread
         self._held = 0  # bytes of request data admitted and not yet answered
         self._held_limit = HELD_BODIES * cfg.max_body_bytes
+        self._headers = HeaderCache()  # binary requests' decoded JSON headers
         self.ready = False
 
         def document(make: Callable[[], Response]) -> Route:
@@ -314,7 +317,7 @@ class App:
         """Decompress and decode one request (on the loop, or on the decode thread)."""
         if encoding is not None:
             body = decompress(body, encoding, self.cfg.max_body_bytes)
-        return decode_infer(body, header_len, self.manifest, self.cfg.max_batch_size)
+        return decode_infer(body, header_len, self.manifest, self.cfg.max_batch_size, self._headers)
 
     def _decoded(
         self,
@@ -550,6 +553,9 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
         write_termination_log(reason)
         return 1
 
+    # Everything loaded so far (torch, the model: ~200k objects) lives as long as the process:
+    # out of the cyclic GC's sight, a full collection stops costing ~0.3 s of the event loop.
+    gc.freeze()
     threads = cfg.threads or default_threads()
 
     def post(fn: Callable[[], None]) -> None:

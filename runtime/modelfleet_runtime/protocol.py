@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import json
 import math
+import threading
 import zlib
 from typing import Any
 
@@ -149,11 +150,14 @@ def decode_infer(
     header_length: int | None,
     manifest: Manifest,
     max_rows: int | None = None,
+    cache: HeaderCache | None = None,
 ) -> InferRequest:
     """Parse and validate one infer request against the model's signature (400 on error).
 
     ``max_rows``: the most batch rows one request may carry (the server's max batch size);
-    more is refused, as Triton does, rather than run as one oversized forward pass."""
+    more is refused, as Triton does, rather than run as one oversized forward pass.
+    ``cache``: decoded headers of binary requests (see HeaderCache), for this manifest and
+    ``max_rows`` only."""
     view = memoryview(body)
     if header_length is None:
         header_length = len(body)
@@ -161,6 +165,12 @@ def decode_infer(
         raise BadRequest(
             f"Inference-Header-Content-Length {header_length} exceeds the body ({len(body)} bytes)"
         )
+    key = None
+    if cache is not None and len(body) > header_length and header_length <= cache.max_header:
+        key = (bytes(view[:header_length]), len(body))
+        plan = cache.get(key)
+        if plan is not None:
+            return _from_plan(view, plan, manifest)
     try:
         text = body[:header_length] if header_length != len(body) else body
         doc = _loads(text)
@@ -176,6 +186,7 @@ def decode_infer(
             f"request needs a non-empty 'inputs' list; expected {manifest.signature()}"
         )
 
+    slots: list[tuple[int, int, int, tuple[int, ...]]] = []  # binary inputs, for the cache
     specs = {spec.name: (i, spec) for i, spec in enumerate(manifest.inputs)}
     tensors: list[torch.Tensor | None] = [None] * len(manifest.inputs)
     offset = header_length
@@ -228,15 +239,8 @@ def decode_infer(
                     f'input "{name}": {size} bytes of binary data for shape {list(shape)} '
                     f"needs {want}",
                 )  # fmt: skip
-            if count == 0:
-                tensor = torch.empty(shape, dtype=dtype)
-            else:
-                # a view of the request body: no copy (the batch's torch.cat is the one copy)
-                tensor = torch.frombuffer(view[offset : offset + size], dtype=dtype).view(shape)
-                if tensor.data_ptr() % tensor.element_size():
-                    tensor = tensor.clone()  # kernels may assume aligned elements
-                if datatype == "BOOL" and bool((tensor.view(torch.uint8) > 1).any()):
-                    raise _bad(spec, manifest, f'input "{name}": BOOL bytes must be 0 or 1')
+            tensor = _binary_tensor(view, offset, size, shape, spec=spec, manifest=manifest)
+            slots.append((index, offset, size, shape))
             offset += size
         else:
             tensor = _from_json(
@@ -278,6 +282,10 @@ def decode_infer(
         raise BadRequest(f"'id' is longer than {MAX_ID_CHARS} characters")
     if req_id is not None:
         _utf8(req_id, "'id'")
+    if key is not None and cache is not None and len(slots) == len(tensors):
+        # every input binary: the header alone decides all of the above
+        cache.put(key, _Plan(tuple(slots), 1 if rows is None else rows, tuple(outputs),
+                             timeout_s, req_id))  # fmt: skip
     return InferRequest(
         id=req_id,
         inputs=tensors,  # type: ignore[arg-type]  # every slot filled (checked above)
@@ -285,6 +293,78 @@ def decode_infer(
         outputs=outputs,
         timeout_s=timeout_s,
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a request whose inputs are all binary decodes to, but the tensor bytes."""
+
+    slots: tuple[tuple[int, int, int, tuple[int, ...]], ...]  # (input, offset, size, shape)
+    rows: int
+    outputs: tuple[tuple[int, bool], ...]
+    timeout_s: float | None
+    id: str | None
+
+
+class HeaderCache:
+    """Decoded JSON headers of binary requests, keyed by the header's bytes and the body's
+    length. A client sending the same tensors' shapes over and over sends the same header
+    every time: a hit skips the JSON parse and the validation (both a pure function of those
+    bytes against one manifest), leaving the views of the tensor bytes and the checks that
+    depend on them (BOOL values, alignment). Only successful decodes are kept; at most
+    ``size`` headers of at most ``max_header`` bytes, the oldest dropped first. One cache
+    per manifest and max batch size."""
+
+    def __init__(self, size: int = 256, max_header: int = 4096) -> None:
+        self.size = size
+        self.max_header = max_header
+        self._plans: dict[tuple[bytes, int], _Plan] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[bytes, int]) -> _Plan | None:
+        return self._plans.get(key)
+
+    def put(self, key: tuple[bytes, int], plan: _Plan) -> None:
+        with self._lock:  # the loop and the decode thread both decode
+            plans = self._plans
+            if len(plans) >= self.size:
+                del plans[next(iter(plans))]
+            plans[key] = plan
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+def _from_plan(view: memoryview, plan: _Plan, manifest: Manifest) -> InferRequest:
+    inputs: list[torch.Tensor] = [None] * len(manifest.inputs)  # type: ignore[list-item]
+    specs = manifest.inputs
+    for index, offset, size, shape in plan.slots:
+        inputs[index] = _binary_tensor(
+            view, offset, size, shape, spec=specs[index], manifest=manifest
+        )
+    return InferRequest(plan.id, inputs, plan.rows, list(plan.outputs), plan.timeout_s)
+
+
+def _binary_tensor(
+    view: memoryview,
+    offset: int,
+    size: int,
+    shape: tuple[int, ...],
+    *,
+    spec: TensorSpec,
+    manifest: Manifest,
+) -> torch.Tensor:
+    """A binary input's tensor: a view of the request body, no copy (the batch's torch.cat
+    is the one copy)."""
+    dtype = TORCH_DTYPES[spec.datatype]
+    if size == 0:
+        return torch.empty(shape, dtype=dtype)
+    tensor = torch.frombuffer(view[offset : offset + size], dtype=dtype).view(shape)
+    if tensor.data_ptr() % tensor.element_size():
+        tensor = tensor.clone()  # kernels may assume aligned elements
+    if spec.datatype == "BOOL" and bool((tensor.view(torch.uint8) > 1).any()):
+        raise _bad(spec, manifest, f'input "{spec.name}": BOOL bytes must be 0 or 1')
+    return tensor
 
 
 def _json_type(value: Any) -> str:

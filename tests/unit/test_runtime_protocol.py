@@ -12,7 +12,7 @@ import pytest
 import torch
 from modelfleet_runtime.errors import BadRequest, LoadError, PayloadTooLarge
 from modelfleet_runtime.manifest import parse_manifest
-from modelfleet_runtime.protocol import decode_infer, decompress, encode_response
+from modelfleet_runtime.protocol import HeaderCache, decode_infer, decompress, encode_response
 from modelfleet_runtime.safetensors_io import read_safetensors
 from safetensors.torch import save_file
 
@@ -66,6 +66,79 @@ def test_decode_mixed_json_and_binary() -> None:
     assert req.inputs[0].tolist() == [[1, 2], [3, 4]]
     assert req.inputs[1].tolist() == [[0, 1, 2], [3, 4, 5]]
     assert req.outputs == [(1, True), (0, False)]
+
+
+def _binary_body(x: list[float], ids: list[int], **doc: object) -> tuple[bytearray, int]:
+    header = json.dumps({
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [len(x) // 2, 2],
+             "parameters": {"binary_data_size": 4 * len(x)}},
+            {"name": "ids", "datatype": "INT64", "shape": [len(ids), 1],
+             "parameters": {"binary_data_size": 8 * len(ids)}},
+        ],
+        **doc,
+    }).encode()  # fmt: skip
+    blob = struct.pack(f"<{len(x)}f", *x) + struct.pack(f"<{len(ids)}q", *ids)
+    return bytearray(header + blob), len(header)
+
+
+def test_header_cache_decodes_like_a_full_decode() -> None:
+    """A repeated binary header decodes from the cache: the same request as a full decode,
+    with this request's own tensor bytes (only the header is cached)."""
+    cache = HeaderCache()
+    first, hlen = _binary_body([1, 2, 3, 4], [7, 8], id="a", parameters={"timeout": 5000})
+    req1 = decode_infer(first, hlen, MANIFEST, 8, cache)
+    assert len(cache) == 1
+    again, _ = _binary_body([5, 6, 7, 8], [9, 10], id="a", parameters={"timeout": 5000})
+    req2 = decode_infer(again, hlen, MANIFEST, 8, cache)
+    full = decode_infer(again, hlen, MANIFEST, 8)
+    assert len(cache) == 1
+    for got in (req2, full):
+        assert got.inputs[0].tolist() == [[5, 6], [7, 8]]
+        assert got.inputs[1].tolist() == [[9], [10]]
+        assert (got.id, got.rows, got.timeout_s) == ("a", 2, 0.005)
+        assert got.outputs == [(0, False), (1, False)]
+    assert req1.inputs[0].tolist() == [[1, 2], [3, 4]]  # a view of its own body still
+    req2.outputs.append((9, True))  # a caller's list is its own
+    assert decode_infer(again, hlen, MANIFEST, 8, cache).outputs == [(0, False), (1, False)]
+
+
+def test_header_cache_keeps_only_successes_and_is_bounded() -> None:
+    cache = HeaderCache(size=2)
+    body, hlen = _binary_body([1, 2], [1])
+    with pytest.raises(BadRequest, match="max batch size"):
+        decode_infer(body, hlen, MANIFEST, 0, cache)
+    assert len(cache) == 0
+    with pytest.raises(BadRequest, match="exceeds the body"):
+        decode_infer(body, len(body) + 1, MANIFEST, 8, cache)
+    for n in range(1, 5):
+        body, hlen = _binary_body([1.0, 2.0] * n, [1] * n)
+        assert decode_infer(body, hlen, MANIFEST, 8, cache).rows == n
+    assert len(cache) == 2
+    # a header with a JSON-data input is not cached: its data is in the header
+    mixed = json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]},
+        {"name": "ids", "datatype": "INT64", "shape": [1, 1],
+         "parameters": {"binary_data_size": 8}}]}).encode()  # fmt: skip
+    cache = HeaderCache()
+    decode_infer(bytearray(mixed + struct.pack("<q", 3)), len(mixed), MANIFEST, 8, cache)
+    assert len(cache) == 0
+
+
+def test_header_cache_still_checks_bool_bytes() -> None:
+    manifest = parse_manifest({
+        "format": "torchscript",
+        "inputs": [{"name": "m", "datatype": "BOOL", "shape": [-1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}],
+    })  # fmt: skip
+    header = json.dumps({"inputs": [{"name": "m", "datatype": "BOOL", "shape": [2],
+                                     "parameters": {"binary_data_size": 2}}]}).encode()  # fmt: skip
+    cache = HeaderCache()
+    assert decode_infer(bytearray(header + b"\x01\x00"), len(header), manifest, 8,
+                        cache).inputs[0].tolist() == [True, False]  # fmt: skip
+    assert len(cache) == 1
+    with pytest.raises(BadRequest, match="BOOL bytes must be 0 or 1"):
+        decode_infer(bytearray(header + b"\x01\x02"), len(header), manifest, 8, cache)
 
 
 def test_decode_errors() -> None:
