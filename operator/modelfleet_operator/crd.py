@@ -569,7 +569,10 @@ def condition_schema() -> Schema:
     return obj(
         "A condition per the Kubernetes API conventions.",
         {
-            "type": string("Ready, Available, Progressing or Degraded."),
+            "type": string(
+                "Ready, Available, Progressing, Degraded, or ScalingActive (while "
+                "spec.autoscaling is set)."
+            ),
             "status": string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
             "reason": string("CamelCase reason, a constant per cause."),
             "message": string("Human-readable detail."),
@@ -591,7 +594,9 @@ def status_schema() -> Schema:
             ),
             "conditions": {
                 "type": "array",
-                "description": "Ready, Available, Progressing and Degraded.",
+                "description": "Ready, Available, Progressing, Degraded and (with autoscaling) "
+                "ScalingActive: whether the autoscaling engine can read its metric and act, "
+                "with the engine's reason (the HPA's or KEDA's own when they own scaling).",
                 "items": condition_schema(),
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
@@ -604,6 +609,19 @@ def status_schema() -> Schema:
                 "Label selector of the serving pods (for the scale subresource and HPA)."
             ),
             "url": string("In-cluster inference URL of the model."),
+            "autoscaling": obj(
+                "What the autoscaling engine last saw and decided (with spec.autoscaling).",
+                {
+                    "engine": string("builtin, hpa or keda."),
+                    "currentReplicas": integer("Replicas the engine last saw requested."),
+                    "desiredReplicas": integer("Replicas the engine wants now."),
+                    "lastDecision": string(
+                        'The last change the engine made and why, e.g. "3 -> 5: 18 in flight '
+                        '(2 queued) over 3 ready at target 4, panic" (builtin).'
+                    ),
+                    "lastDecisionTime": string("When it was made.", format="date-time"),
+                },
+            ),
             "rolloutStrategy": string("The Deployment strategy the operator chose and why."),
             "model": obj(
                 "The model being served.",
@@ -657,6 +675,12 @@ def printer_columns() -> list[dict[str, Any]]:
             "type": "string",
             "jsonPath": f"{ready_cond}.reason",
             "description": "Why Ready is what it is.",
+        },
+        {
+            "name": "Scaling",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="ScalingActive")].reason',
+            "description": "ScalingActive's reason: whether the autoscaler can act.",
         },
         {
             "name": "URL",

@@ -20,6 +20,7 @@ from typing import Any
 
 import kopf
 
+from .autoscale.loop import Autoscaler
 from .kube import Kube
 from .metrics import OperatorMetrics
 from .observe import (
@@ -84,6 +85,7 @@ class Runtime:
     ready: asyncio.Event | None = None
     node_facts: dict[str, str] | None = None
     tasks: tuple[asyncio.Task[None], ...] = ()
+    autoscaler: Autoscaler | None = None
 
 
 def _rt(memo: Any) -> Runtime:
@@ -109,6 +111,11 @@ def _echo(memo: Any, kind: str, body: kopf.Body) -> bool:
     meta = body.get("metadata") or {}
     what = (kind, str(meta.get("namespace")), str(meta.get("name")))
     return rec is not None and rec.inflight.is_echo(what, str(meta.get("resourceVersion") or ""))
+
+
+async def _autoscale(autoscaler: Autoscaler, ready: asyncio.Event) -> None:
+    await ready.wait()  # the indexes hold every ModelDeployment and pod
+    await autoscaler.run()
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -241,10 +248,21 @@ def register(registry: kopf.OperatorRegistry) -> None:
         rt.queue = WorkQueue(rt.reconciler.reconcile, workers=rt.workers, metrics=rt.metrics)
         rt.queue.start()
         rt.ready = asyncio.Event()
+        queue = rt.queue
+        # The builtin engine (spec.autoscaling.engine builtin): scrapes the pods the index
+        # holds, writes /scale, and queues a reconcile when what status says would change.
+        rt.autoscaler = Autoscaler(
+            view.mds,
+            view.pods,
+            kube.patch_scale,
+            notify=lambda key: queue.add(key, "autoscale"),
+        )
+        rt.reconciler.scaling = rt.autoscaler.report
         rt.tasks = (
             asyncio.create_task(
                 resync(view, rt.queue, rt.resync_seconds, rt.ready), name="modelfleet-resync"
             ),
+            asyncio.create_task(_autoscale(rt.autoscaler, rt.ready), name="modelfleet-autoscaler"),
         )
 
     async def cleanup(memo: Any, **_: Any) -> None:
@@ -253,6 +271,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
             task.cancel()
         if rt.queue is not None:
             await rt.queue.stop()
+        if rt.autoscaler is not None:
+            await rt.autoscaler.close()
         if rt.reconciler is not None:
             await rt.reconciler.kube.close()
 

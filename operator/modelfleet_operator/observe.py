@@ -135,7 +135,8 @@ def trim_pod(body: Obj) -> dict[str, Any]:
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
             k: status[k]
-            for k in ("phase", "conditions", "containerStatuses", "initContainerStatuses")
+            # podIP: where the builtin autoscaler scrapes the runtime's /metrics.
+            for k in ("phase", "conditions", "containerStatuses", "initContainerStatuses", "podIP")
             if k in status
         },
     }

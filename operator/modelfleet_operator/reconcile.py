@@ -25,7 +25,7 @@ from .observe import CHILD_KINDS, Facts, is_ours, trim_child
 from .plan import APPLY, DELETE, REPLACE, Action, Plan, plan
 from .render import Owner, RenderConfig, Strategy
 from .render.common import STRATEGY_ANNOTATION, selector_string
-from .status import Observed, Problem, Reason, compute_status, status_changed
+from .status import Observed, Problem, Reason, ScalingReport, compute_status, status_changed
 
 log = logging.getLogger("modelfleet.operator")
 Key = tuple[str, str]
@@ -138,6 +138,10 @@ class InFlight:
             self.echoes.pop(what, None)
 
 
+def _ours(child: Mapping[str, Any] | None, uid: str) -> Mapping[str, Any] | None:
+    return child if child is not None and is_ours(child, uid) else None
+
+
 def _rv(obj: Mapping[str, Any] | None) -> str:
     return str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
 
@@ -155,6 +159,8 @@ class Reconciler:
         self.config = config or RenderConfig()
         self.metrics = metrics or kube.metrics
         self.inflight = InFlight()
+        # The builtin autoscaler's last report per ModelDeployment (handlers.py sets it).
+        self.scaling: Callable[[Key], ScalingReport | None] | None = None
 
     async def reconcile(self, key: Key, trigger: str = "event") -> None:
         start = time.perf_counter()
@@ -295,6 +301,9 @@ class Reconciler:
             pods=facts.pods,
             problems=problems,
             strategy=strategy,
+            scaling=self.scaling((owner.namespace, owner.name)) if self.scaling else None,
+            hpa=_ours(children.get("HorizontalPodAutoscaler"), owner.uid),
+            scaled_object=_ours(children.get("ScaledObject"), owner.uid),
         )
 
     async def _write_status(self, facts: Facts, observed: Observed) -> bool:

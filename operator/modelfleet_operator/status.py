@@ -19,7 +19,8 @@ READY = "Ready"
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
-CONDITION_TYPES = (READY, AVAILABLE, PROGRESSING, DEGRADED)
+SCALING_ACTIVE = "ScalingActive"  # only while spec.autoscaling is set
+CONDITION_TYPES = (READY, AVAILABLE, PROGRESSING, DEGRADED, SCALING_ACTIVE)
 
 
 class Reason:
@@ -47,6 +48,12 @@ class Reason:
     MIN_AVAILABLE = "MinimumReplicasAvailable"
     NO_REPLICAS_AVAILABLE = "NoReplicasAvailable"
     AS_EXPECTED = "AsExpected"
+    # ScalingActive (the HPA's and KEDA's own reasons are copied as they are)
+    VALID_METRIC_FOUND = "ValidMetricFound"
+    FAILED_GET_PODS_METRIC = "FailedGetPodsMetric"
+    NO_PODS_TO_SCRAPE = "NoPodsToScrape"
+    FAILED_UPDATE_SCALE = "FailedUpdateScale"
+    WAITING_FOR_AUTOSCALER = "WaitingForAutoscaler"
 
 
 # Worst first: the first problem found names the Ready/Degraded reason.
@@ -86,12 +93,107 @@ class Transition:
 
     @property
     def event_type(self) -> str:
-        bad = (self.type == DEGRADED and self.status == "True") or (
-            self.type in (READY, AVAILABLE)
-            and self.status == "False"
-            and self.reason in [*_SEVERITY, Reason.INVALID_SPEC, Reason.NO_REPLICAS_AVAILABLE]
+        bad = (
+            (self.type == DEGRADED and self.status == "True")
+            or (
+                self.type in (READY, AVAILABLE)
+                and self.status == "False"
+                and self.reason in [*_SEVERITY, Reason.INVALID_SPEC, Reason.NO_REPLICAS_AVAILABLE]
+            )
+            or (
+                self.type == SCALING_ACTIVE
+                and self.status == "False"
+                and self.reason not in (Reason.NO_PODS_TO_SCRAPE, Reason.WAITING_FOR_AUTOSCALER)
+            )
         )
         return "Warning" if bad else "Normal"
+
+
+@dataclass(frozen=True)
+class ScalingReport:
+    """What the autoscaling engine says: the builtin one's last tick (autoscale/loop.py), or
+    an HPA's / ScaledObject's status read by ``scaling_from_hpa``/``scaling_from_keda``."""
+
+    engine: str
+    active: bool | None  # None: not known yet
+    reason: str
+    message: str
+    current: int | None = None
+    desired: int | None = None
+    last_decision: str | None = None  # e.g. "3 -> 5: 18 in flight over 3 ready at target 4"
+    last_decision_time: str | None = None
+
+
+def _conditions_by_type(obj: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    return {
+        str(c.get("type")): c for c in ((obj or {}).get("status") or {}).get("conditions") or []
+    }
+
+
+def scaling_from_hpa(hpa: Mapping[str, Any] | None) -> ScalingReport:
+    """The HPA's own verdict: AbleToScale False or ScalingActive False (e.g.
+    FailedGetPodsMetric: no custom metrics API registered) make ours False, with its words."""
+    if hpa is None:
+        return ScalingReport("hpa", None, Reason.WAITING_FOR_AUTOSCALER, "no HPA yet")
+    st = hpa.get("status") or {}
+    conds = _conditions_by_type(hpa)
+    able, active = conds.get("AbleToScale"), conds.get("ScalingActive")
+    current, desired = st.get("currentReplicas"), st.get("desiredReplicas")
+    when = st.get("lastScaleTime")
+    if able is not None and able.get("status") == "False":
+        chosen = able
+    elif active is not None:
+        chosen = active
+    else:
+        return ScalingReport(
+            "hpa", None, Reason.WAITING_FOR_AUTOSCALER, "the HPA has not reported yet",
+            current, desired, None, when,
+        )  # fmt: skip
+    status = chosen.get("status")
+    return ScalingReport(
+        "hpa",
+        None if status == "Unknown" else status == "True",
+        str(chosen.get("reason") or "Unknown"),
+        _truncate(f"HPA: {chosen.get('message') or ''}"),
+        current,
+        desired,
+        None,
+        when,
+    )
+
+
+def scaling_from_keda(so: Mapping[str, Any] | None) -> ScalingReport:
+    """KEDA's ScaledObject: Ready False (a trigger cannot be read) makes ours False."""
+    if so is None:
+        return ScalingReport("keda", None, Reason.WAITING_FOR_AUTOSCALER, "no ScaledObject yet")
+    conds = _conditions_by_type(so)
+    ready, active = conds.get("Ready"), conds.get("Active")
+    if ready is None or ready.get("status") == "Unknown":
+        return ScalingReport(
+            "keda", None, Reason.WAITING_FOR_AUTOSCALER,
+            "KEDA has not reconciled the ScaledObject yet (is KEDA installed?)",
+        )  # fmt: skip
+    message = f"KEDA: {ready.get('message') or ''}"
+    if ready.get("status") == "True" and active is not None and active.get("message"):
+        message += f"; {active.get('message')}"
+    return ScalingReport(
+        "keda",
+        ready.get("status") == "True",
+        str(ready.get("reason") or "Unknown"),
+        _truncate(message),
+        last_decision_time=(so.get("status") or {}).get("lastActiveTime"),
+    )
+
+
+def _scaling_status(report: ScalingReport) -> dict[str, Any]:
+    out = {
+        "engine": report.engine,
+        "currentReplicas": report.current,
+        "desiredReplicas": report.desired,
+        "lastDecision": report.last_decision,
+        "lastDecisionTime": report.last_decision_time,
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -107,6 +209,10 @@ class Observed:
     pods: Sequence[Mapping[str, Any]] = ()
     problems: Sequence[Problem] = ()  # judged by the operator (cluster facts, API errors)
     strategy: Strategy | None = None
+    # spec.autoscaling set: the builtin engine's report, or None to read the HPA/ScaledObject
+    scaling: ScalingReport | None = None
+    hpa: Mapping[str, Any] | None = None
+    scaled_object: Mapping[str, Any] | None = None
 
 
 def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -276,6 +382,19 @@ def _replica_failure(
     return None
 
 
+def _scaling_report(obs: Observed) -> ScalingReport | None:
+    auto = obs.spec.autoscaling if obs.spec is not None else None
+    if auto is None:
+        return None
+    if auto.engine == "hpa":
+        return scaling_from_hpa(obs.hpa)
+    if auto.engine == "keda":
+        return scaling_from_keda(obs.scaled_object)
+    return obs.scaling or ScalingReport(
+        "builtin", None, Reason.WAITING_FOR_AUTOSCALER, "the builtin autoscaler has not run yet"
+    )
+
+
 def compute_status(
     obs: Observed, previous: Mapping[str, Any] | None, now: str
 ) -> tuple[dict[str, Any], list[Transition]]:
@@ -303,6 +422,7 @@ def compute_status(
         problems.append(Problem(Reason.PROGRESS_DEADLINE_EXCEEDED, deadline))
     problems = _sort_problems(problems)
     gen = obs.generation
+    scaling = _scaling_report(obs)
     ready, avail, updated, total = (
         nums["readyReplicas"],
         nums["availableReplicas"],
@@ -338,7 +458,15 @@ def compute_status(
             gen,
         )
     elif settled:
-        ready_c = _cond(READY, True, Reason.ALL_READY, f"{ready}/{desired} replicas ready", gen)
+        ready_c = _cond(
+            READY,
+            True,
+            Reason.ALL_READY,
+            f"{ready}/{desired} replicas ready"
+            + (f"; autoscaling cannot act: {scaling.reason}: {scaling.message}"
+               if scaling is not None and scaling.active is False else ""),
+            gen,
+        )  # fmt: skip
     elif not dep_current or updated < desired or total > desired:
         ready_c = _cond(
             READY,
@@ -414,10 +542,14 @@ def compute_status(
     else:
         deg_c = _cond(DEGRADED, False, Reason.AS_EXPECTED, "", gen)
 
+    computed = [ready_c, avail_c, prog_c, deg_c]
+    if scaling is not None:
+        active = "Unknown" if scaling.active is None else scaling.active
+        computed.append(_cond(SCALING_ACTIVE, active, scaling.reason, scaling.message, gen))
     prev_conds = {c.get("type"): c for c in previous.get("conditions") or []}
     conditions = []
     transitions = []
-    for cond in (ready_c, avail_c, prog_c, deg_c):
+    for cond in computed:
         old = prev_conds.get(cond["type"])
         if old is not None and old.get("status") == cond["status"]:
             cond["lastTransitionTime"] = old.get("lastTransitionTime") or now
@@ -434,16 +566,20 @@ def compute_status(
         # of a rollout (at 1000 creates those would be thousands of Events).
         was_ready = old is not None and old.get("status") == "True"
         worth = (
-            cond["type"] == READY
-            and (
-                was_ready
-                or cond["status"] == "True"
-                or cond["reason"] in _SEVERITY
-                or cond["reason"] == Reason.INVALID_SPEC
+            (
+                cond["type"] == READY
+                and (
+                    was_ready
+                    or cond["status"] == "True"
+                    or cond["reason"] in _SEVERITY
+                    or cond["reason"] == Reason.INVALID_SPEC
+                )
             )
-        ) or (
-            cond["type"] == DEGRADED
-            and (cond["status"] == "True" or (old is not None and old.get("status") == "True"))
+            or (
+                cond["type"] == DEGRADED
+                and (cond["status"] == "True" or (old is not None and old.get("status") == "True"))
+            )
+            or (cond["type"] == SCALING_ACTIVE and cond["status"] != "Unknown")
         )
         if changed and worth:
             transitions.append(
@@ -468,6 +604,8 @@ def compute_status(
             "version": spec.model.version,
             "digest": spec.model.digest,
         }
+        if scaling is not None:
+            status["autoscaling"] = _scaling_status(scaling)
         status["summary"] = {
             "replicas": f"{ready}/{desired}",
             "gpu": spec.gpu.summary() if spec.gpu else "none",

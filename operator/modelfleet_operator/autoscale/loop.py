@@ -1,0 +1,252 @@
+"""The builtin engine on the operator's loop: every ``interval_s``, for each ModelDeployment
+with ``autoscaling.engine: builtin``, scrape its pods' /metrics (one shared scraper), decide
+(decide.py), and write /scale when the decision differs from spec.replicas.
+
+The ModelDeployments and pods come from the watches' indexes (no GET or LIST); pod
+addresses from each pod's IP and the runtime's port (an injectable resolver, so tests can
+point it at runtime processes on 127.0.0.1). What it saw and decided is kept per
+ModelDeployment (``report``) for the status (status.py's ScalingReport).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..spec import AutoscalingSpec, InvalidSpec, parse_spec
+from ..status import ScalingReport
+from .decide import Decision, Observation, Policy, State, decide
+from .scrape import PodMetrics, Scraper
+
+log = logging.getLogger("modelfleet.autoscaler")
+Key = tuple[str, str]
+INTERVAL_S = 1.0
+# A /scale write shows in the watch a moment later; until then the written value is current.
+WRITE_SETTLE_S = 10.0
+Resolver = Callable[[Mapping[str, Any], int], "str | None"]
+WriteScale = Callable[[str, str, int], Awaitable[Any]]
+
+
+class Lookup(Protocol):
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def __iter__(self) -> Any: ...
+
+
+def pod_address(pod: Mapping[str, Any], port: int) -> str | None:
+    ip = (pod.get("status") or {}).get("podIP")
+    return f"{ip}:{port}" if ip else None
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def _live(pod: Mapping[str, Any]) -> bool:
+    meta = pod.get("metadata") or {}
+    phase = (pod.get("status") or {}).get("phase")
+    return not meta.get("deletionTimestamp") and phase not in ("Succeeded", "Failed")
+
+
+def policy_of(auto: AutoscalingSpec) -> Policy:
+    return Policy(
+        min_replicas=auto.min_replicas,
+        max_replicas=auto.max_replicas,
+        target=auto.target,
+        metric=auto.metric,
+        scale_up_window_s=auto.scale_up_window_s,
+        scale_down_window_s=auto.scale_down_window_s,
+    )
+
+
+@dataclass
+class Track:
+    """What the loop keeps per ModelDeployment between ticks."""
+
+    state: State = field(default_factory=State)
+    policy: Policy | None = None
+    counters: dict[str, tuple[float, float]] = field(default_factory=dict)  # pod -> (at, total)
+    written: tuple[int, float] | None = None  # (replicas, at) of the last /scale write
+    report: ScalingReport | None = None
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        mds: Lookup,
+        pods: Lookup,
+        write_scale: WriteScale,
+        *,
+        scraper: Scraper | None = None,
+        resolver: Resolver = pod_address,
+        interval_s: float = INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        notify: Callable[[Key], None] | None = None,
+    ) -> None:
+        self.mds = mds
+        self.pods = pods
+        self.write_scale = write_scale
+        self.scraper = scraper or Scraper()
+        self.resolver = resolver
+        self.interval_s = interval_s
+        self.clock = clock
+        self.notify = notify
+        self.tracks: dict[Key, Track] = {}
+        self.writes = 0
+
+    def report(self, key: Key) -> ScalingReport | None:
+        track = self.tracks.get(key)
+        return track.report if track else None
+
+    def _builtin(self) -> list[tuple[Key, Mapping[str, Any], AutoscalingSpec, int]]:
+        out = []
+        for key in list(self.mds):
+            md = next(iter(self.mds.get(key) or ()), None)
+            if md is None or (md.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            try:
+                spec = parse_spec(md.get("spec"), name=key[1])
+            except InvalidSpec:
+                continue
+            if spec.autoscaling is not None and spec.autoscaling.engine == "builtin":
+                out.append((key, md, spec.autoscaling, spec.service.port))
+        return out
+
+    async def tick(self) -> None:
+        wanted = self._builtin()
+        for key in [k for k in self.tracks if k not in {w[0] for w in wanted}]:
+            del self.tracks[key]  # deleted, or another engine now
+        await asyncio.gather(*(self._one(*w) for w in wanted), return_exceptions=False)
+
+    async def run(self) -> None:
+        while True:
+            started = self.clock()
+            try:
+                await self.tick()
+            except Exception:  # one bad tick must not end autoscaling
+                log.exception("autoscaler tick failed")
+            await asyncio.sleep(max(0.05, self.interval_s - (self.clock() - started)))
+
+    async def _one(self, key: Key, md: Mapping[str, Any], auto: AutoscalingSpec, port: int) -> None:
+        track = self.tracks.setdefault(key, Track())
+        policy = policy_of(auto)
+        if track.policy != policy:
+            track.policy = policy  # a changed target or window: start the windows afresh
+            track.state = State()
+        pods = [p for p in self.pods.get(key) or () if _live(p)]
+        ready = [p for p in pods if _ready(p)]
+        loading = [p for p in pods if not _ready(p)]
+        addresses = {
+            str((p.get("metadata") or {}).get("name")): self.resolver(p, port) for p in pods
+        }
+        scraped = await self.scraper.many(a for a in addresses.values() if a)
+        now = self.clock()
+        obs = self._observe(track, auto, now, ready, len(loading), addresses, scraped)
+        current = self._current(track, md, now)
+        decision, track.state = decide(policy, track.state, obs, current)
+        await self._act(key, track, decision, obs, now)
+
+    def _observe(  # noqa: PLR0917 (one tick's inputs, in the order they are gathered)
+        self,
+        track: Track,
+        auto: AutoscalingSpec,
+        now: float,
+        ready: Iterable[Mapping[str, Any]],
+        loading: int,
+        addresses: Mapping[str, str | None],
+        scraped: Mapping[str, PodMetrics | None],
+    ) -> Observation:
+        demand = queued = 0.0
+        answered = failed = 0
+        seen: dict[str, tuple[float, float]] = {}
+        for pod in ready:
+            name = str((pod.get("metadata") or {}).get("name"))
+            address = addresses.get(name)
+            m = scraped.get(address) if address else None
+            if m is None:
+                failed += 1
+                continue
+            answered += 1
+            queued += m.queued
+            if auto.metric == "rps":
+                seen[name] = (now, m.requests)
+                prev = track.counters.get(name)
+                if prev is not None and now > prev[0] and m.requests >= prev[1]:
+                    demand += (m.requests - prev[1]) / (now - prev[0])
+            else:
+                demand += m.inflight
+        track.counters = seen
+        return Observation(
+            at=now, demand=demand, ready=answered, loading=loading, failed=failed, queued=queued
+        )
+
+    def _current(self, track: Track, md: Mapping[str, Any], now: float) -> int:
+        replicas = int((md.get("spec") or {}).get("replicas") or 0)
+        if track.written is not None:
+            value, at = track.written
+            if value != replicas and now - at < WRITE_SETTLE_S:
+                return value
+            track.written = None
+        return replicas
+
+    async def _act(
+        self, key: Key, track: Track, decision: Decision, obs: Observation, now: float
+    ) -> None:
+        previous = track.report
+        if obs.ready == 0 and obs.failed:
+            active, reason = False, "FailedGetPodsMetric"
+            message = f"no ready pod answered /metrics ({obs.failed} failed)"
+        elif obs.ready == 0:
+            active, reason, message = False, "NoPodsToScrape", "no ready pod to read /metrics from"
+        else:
+            active, reason = True, "ValidMetricFound"
+            message = f"the builtin autoscaler reads /metrics of {obs.ready} ready pods"
+            if obs.failed:
+                message += f" ({obs.failed} did not answer: no scale-down until they do)"
+        last_why = previous.last_decision if previous else None
+        last_at = previous.last_decision_time if previous else None
+        if decision.changed:
+            try:
+                await self.write_scale(key[0], key[1], decision.desired)
+            except Exception as exc:  # the API refused: keep deciding, say so
+                log.warning("%s/%s: /scale write failed: %s", *key, exc)
+                active, reason = False, "FailedUpdateScale"
+                message = f"writing /scale failed: {exc}"
+            else:
+                self.writes += 1
+                track.written = (decision.desired, now)
+                last_why, last_at = decision.why, _now_iso()
+                log.info("%s/%s: scale %s", *key, decision.why)
+        track.report = ScalingReport(
+            engine="builtin",
+            active=active,
+            reason=reason,
+            message=message,
+            current=decision.current,
+            desired=decision.desired,
+            last_decision=last_why,
+            last_decision_time=last_at,
+        )
+        news = (
+            previous is None
+            or previous.active != active
+            or previous.reason != reason
+            or previous.message != message
+            or previous.last_decision != last_why
+        )
+        if news and self.notify is not None:
+            self.notify(key)
+
+    async def close(self) -> None:
+        await self.scraper.close()

@@ -1,0 +1,82 @@
+"""One shared async scraper of the runtime pods' /metrics (bounded timeouts, bounded
+concurrency). prometheus_client's own text parser reads the exposition format."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+INFLIGHT = "modelfleet_inflight_requests"
+QUEUE = "modelfleet_queue_depth"
+REQUESTS = "modelfleet_requests"  # a counter: samples are modelfleet_requests_total
+READY = "modelfleet_model_ready"
+TIMEOUT_S = 1.0
+CONCURRENCY = 64
+MAX_BYTES = 1 << 20  # a runtime's /metrics is a few KiB; more is not ours
+
+
+@dataclass(frozen=True)
+class PodMetrics:
+    inflight: float
+    queued: float
+    requests: float  # requests answered so far, every outcome (a counter)
+    ready: bool
+
+
+def parse_metrics(text: str) -> PodMetrics:
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in (INFLIGHT, QUEUE, REQUESTS, READY):
+            continue
+        for sample in family.samples:
+            if family.name == REQUESTS and not sample.name.endswith("_total"):
+                continue
+            values[family.name] = values.get(family.name, 0.0) + float(sample.value)
+    return PodMetrics(
+        inflight=values.get(INFLIGHT, 0.0),
+        queued=values.get(QUEUE, 0.0),
+        requests=values.get(REQUESTS, 0.0),
+        ready=values.get(READY, 0.0) >= 1,
+    )
+
+
+class Scraper:
+    """GET http://<address>/metrics for many pods at once; None for a pod that did not
+    answer in time, answered an error, or sent something that is not the format."""
+
+    def __init__(self, timeout_s: float = TIMEOUT_S, concurrency: int = CONCURRENCY) -> None:
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=timeout_s)
+        self._limit = asyncio.Semaphore(concurrency)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout,
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            )
+        return self._session
+
+    async def one(self, address: str) -> PodMetrics | None:
+        async with self._limit:
+            try:
+                async with self._client().get(f"http://{address}/metrics") as resp:
+                    if resp.status != 200:
+                        return None
+                    body = await resp.content.read(MAX_BYTES)
+                return parse_metrics(body.decode("utf-8", errors="replace"))
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+                return None
+
+    async def many(self, addresses: Iterable[str]) -> Mapping[str, PodMetrics | None]:
+        wanted = list(dict.fromkeys(addresses))
+        results = await asyncio.gather(*(self.one(a) for a in wanted))
+        return dict(zip(wanted, results, strict=True))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
