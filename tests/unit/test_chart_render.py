@@ -308,6 +308,9 @@ def test_rbac_grants_what_the_operator_uses(helm: Path) -> None:
     assert {"list", "watch"} <= rules[("apiextensions.k8s.io", "customresourcedefinitions")]
     assert {"list", "watch"} <= rules[("modelfleet.io", "modeldeployments")]
     assert "patch" in rules[("modelfleet.io", "modeldeployments/status")]
+    # The builtin autoscaler writes replicas through /scale, never the rest of the spec.
+    assert rules[("modelfleet.io", "modeldeployments/scale")] == {"patch"}
+    assert "patch" not in rules[("modelfleet.io", "modeldeployments")]
     assert "create" in rules[("", "events")]
     for child in (
         ("apps", "deployments"),
