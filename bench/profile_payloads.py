@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import runtime as bench  # noqa: E402
+import runtime as bench
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float, int, int]]:

@@ -377,6 +377,18 @@ class PinnedRaw(Raw):
         return best
 
 
+def raw_malloc_tuned() -> None:
+    """The glibc thresholds the runtime sets (modelfleet_runtime/malloc.py), for the raw
+    baseline too: with glibc's defaults raw model(batch) on the image model faults its
+    buffers in again every call (~2x the CPU per row here), a handicap the runtime no
+    longer has, so the tuned baseline is the stricter one."""
+    import ctypes  # noqa: PLC0415
+
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+    mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+    mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -385,6 +397,8 @@ def payload_suite(args: argparse.Namespace) -> None:
     import torch  # noqa: PLC0415
 
     torch.set_num_threads(1)
+    if args.raw_malloc == "tuned":
+        raw_malloc_tuned()
     build_loadgen()
     started = time.monotonic()
     load_start = loadavg()
@@ -420,7 +434,8 @@ def payload_suite(args: argparse.Namespace) -> None:
     print(f"modelfleet runtime vs raw model(batch), real payloads - torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), server on "
           f"core {SERVER_CPU} (--threads 1, max batch {MAX_BATCH}), Go load generator on core "
-          f"{LOAD_CPU}, {args.duration:g} s per point, one run of {elapsed:.0f} s, load average "
+          f"{LOAD_CPU}, {args.duration:g} s per point, raw malloc {args.raw_malloc}, one run of "
+          f"{elapsed:.0f} s, load average "
           f"{load_start} at start")  # fmt: skip
     header = (f"{'model':<8} {'body':<6} {'conc':>4} {'req/s':>7} {'p50 ms':>7} "
               f"{'p99 ms':>7} {'batch':>5} {'raw@b':>7} {'ratio':>5} {'raw@32':>7} "
@@ -471,6 +486,11 @@ def main() -> None:
         "payloads: 1024-value and image-sized tensors, JSON and binary, pinned",
     )
     parser.add_argument("--models", help="payloads suite: comma list of mlp1024,image")
+    parser.add_argument(
+        "--raw-malloc", choices=("tuned", "default"), default="tuned",
+        help="payloads suite: glibc malloc thresholds for the raw baseline (tuned: the "
+        "runtime's, the stricter baseline; default: glibc's)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.command == "loadgen":
         loadgen_main(args)

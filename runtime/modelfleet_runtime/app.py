@@ -31,6 +31,7 @@ from .errors import (
 )
 from .httpparse import Request
 from .httpserver import HttpServer, Limits, LoopErrorLog, Respond, Response
+from .malloc import tune_for_batches
 from .manifest import Manifest, load_manifest
 from .metrics import Metrics
 from .model import PLATFORMS, LoadOptions, Model, load
@@ -621,6 +622,7 @@ def run(cfg: ServeConfig) -> int:
         level=cfg.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    tune_for_batches()  # before the model's first buffers
     # the default follows the CPU quota and affinity, not the node's core count
     torch.set_num_threads(cfg.threads or default_threads())
     try:

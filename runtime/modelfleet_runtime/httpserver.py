@@ -62,18 +62,23 @@ Respond = Callable[[Response], None]
 Handler = Callable[[Request, Respond], None]
 
 
+# status line and Content-Type per (status, content type): the handlers use a few of each
+_HEAD_STARTS: dict[tuple[int, str], bytes] = {}
+
+
 def _serialize(resp: Response, close: bool, head_only: bool = False) -> bytes:
-    head = [
-        f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Unknown')}\r\n"
-        f"Content-Type: {resp.content_type}\r\nContent-Length: {len(resp.body)}\r\n"
-    ]
-    for name, value in resp.headers:
-        head.append(f"{name}: {value}\r\n")
+    key = (resp.status, resp.content_type)
+    start = _HEAD_STARTS.get(key)
+    if start is None:
+        start = _HEAD_STARTS[key] = (
+            f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Unknown')}\r\n"
+            f"Content-Type: {resp.content_type}\r\nContent-Length: "
+        ).encode("latin-1")
+    rest = "".join([f"{name}: {value}\r\n" for name, value in resp.headers])
     if close:
-        head.append("Connection: close\r\n")
-    head.append("\r\n")
-    encoded = "".join(head).encode("latin-1")
-    return encoded if head_only else encoded + resp.body
+        rest += "Connection: close\r\n"
+    head = b"%b%d\r\n%b\r\n" % (start, len(resp.body), rest.encode("latin-1"))
+    return head if head_only else head + resp.body
 
 
 # -- the clocks ------------------------------------------------------------------------------

@@ -141,6 +141,10 @@ class Model:
         out = []
         for tensor in tensors:
             t = tensor
+            if t.data_ptr() % t.element_size():
+                # a view of a request body at an odd offset (a request run alone; a batch's
+                # torch.cat is aligned): kernels may assume aligned elements
+                t = t.clone()
             if t.device != self.device:
                 t = t.to(self.device, non_blocking=True)
             if self.dtype is not None and t.is_floating_point() and t.dtype != self.dtype:
