@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
-from .autoscale.loop import Autoscaler
+from .autoscale.loop import Autoscaler, pod_addresses, simulated_addresses
 from .kube import Kube
 from .metrics import OperatorMetrics
 from .observe import (
@@ -256,6 +257,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
             view.pods,
             kube.patch_scale,
             notify=lambda key: queue.add(key, "autoscale"),
+            resolver=(
+                simulated_addresses
+                if os.environ.get("MODELFLEET_SIMULATED_METRICS") == "1"
+                else pod_addresses
+            ),
         )
         rt.reconciler.scaling = rt.autoscaler.report
         rt.tasks = (

@@ -7,13 +7,20 @@ engine's /scale write reaches the ModelDeployment."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
+import sys
+import threading
+import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kube_harness import KubeCluster, wait_for
+from modelfleet_operator.autoscale.loop import SIMULATED_METRICS_ANNOTATION
 from modelfleet_operator.kube import Kube, make_api_client
 from modelfleet_operator.render.common import Owner
 from modelfleet_operator.render.keda import render_scaled_object
@@ -23,6 +30,7 @@ from operator_support import (
     OperatorProcess,
     apply_as_user,
     cond,
+    free_port,
     get,
     install_crd,
     manifest,
@@ -52,7 +60,10 @@ def operator(
     kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{KEDA_CRD}", "--timeout=60s")
     install_crd(kube_cluster)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(kube_cluster, log, resync_seconds=15).start()
+    # Runtime processes on 127.0.0.1 stand in for kwok's pod IPs where an mdep says so.
+    env = {**kube_cluster.env, "MODELFLEET_SIMULATED_METRICS": "1"}
+    proc = OperatorProcess(dataclasses.replace(kube_cluster, env=env), log, resync_seconds=15)
+    proc.start()
     try:
         yield proc
     finally:
@@ -177,3 +188,131 @@ def test_the_builtin_engines_scale_write_reaches_the_deployment(
         timeout=30,
         what="the Deployment to follow the /scale write",
     )
+
+
+class RuntimeProcess:
+    """``python -m modelfleet_runtime serve`` on a free loopback port."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.port = free_port()
+        self.log = model_dir.parent / f"runtime-{self.port}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modelfleet_runtime", "serve", "--model-dir",
+                 str(model_dir), "--host", "127.0.0.1", "--port", str(self.port),
+                 "--max-batch-size", "1", "--max-queue-size", "64"],
+                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            )  # fmt: skip
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(self.log.read_text(errors="replace"))
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}/v2/health/ready", timeout=2
+            ) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def infer(self) -> None:
+        doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v2/models/slow/infer",
+            data=json.dumps(doc).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def runtimes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RuntimeProcess]]:
+    sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+    from runtime_models import build_slow_dir  # noqa: PLC0415 (the runtime tests' helper)
+
+    model = tmp_path_factory.mktemp("slow") / "slow"
+    build_slow_dir(model, delay_s=0.2)  # 0.2 s per request, one at a time: requests pile up
+    procs = [RuntimeProcess(model) for _ in range(3)]
+    try:
+        for p in procs:
+            wait_for(p.ready, timeout=120, what=f"runtime on port {p.port}")
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def spec_replicas(k: KubeCluster, namespace: str, name: str) -> int:
+    return int(((get(k, namespace, "mdep", name) or {}).get("spec") or {}).get("replicas") or 0)
+
+
+def test_builtin_engine_follows_a_load_step_on_real_runtimes(
+    k: KubeCluster, namespace: str, runtimes: list[RuntimeProcess]
+) -> None:
+    auto = {"minReplicas": 1, "maxReplicas": 3, "target": 2, "scaleDownStabilizationSeconds": 0}
+    body = manifest("live", {**CPU_ONLY, "autoscaling": auto})
+    body["metadata"]["annotations"][SIMULATED_METRICS_ANNOTATION] = " ".join(
+        f"127.0.0.1:{r.port}" for r in runtimes
+    )
+    apply_as_user(k, namespace, body)
+    wait_condition(k, namespace, "live", "ScalingActive", "True", "ValidMetricFound", timeout=60)
+    assert spec_replicas(k, namespace, "live") == 1
+
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            runtimes[0].infer()
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    started = time.monotonic()
+    for c in clients:
+        c.start()
+    try:
+        wait_for(
+            lambda: spec_replicas(k, namespace, "live") >= 2,
+            timeout=60,
+            interval=0.2,
+            what="the builtin engine to scale up under 8 clients at target 2",
+            describe=lambda: json.dumps((get(k, namespace, "mdep", "live") or {}).get("status")),
+        )
+        up_s = time.monotonic() - started
+        wait_for(
+            lambda: (
+                (get(k, namespace, "deployment", "live") or {}).get("spec", {}).get("replicas") == 3
+            ),
+            timeout=60,
+            what="the Deployment to run maxReplicas (8 in flight at target 2 wants 4, max 3)",
+        )
+        md = get(k, namespace, "mdep", "live") or {}
+        assert md["status"]["autoscaling"]["lastDecision"].startswith("1 -> 3: ")
+        assert "in flight" in md["status"]["autoscaling"]["lastDecision"]
+    finally:
+        stop.set()
+        for c in clients:
+            c.join(30)
+    removed = time.monotonic()
+    wait_for(
+        lambda: spec_replicas(k, namespace, "live") == 1,
+        timeout=240,
+        interval=1,
+        what="the builtin engine to scale back down to minReplicas",
+        describe=lambda: json.dumps((get(k, namespace, "mdep", "live") or {}).get("status")),
+    )
+    down_s = time.monotonic() - removed
+    # Never before the 60 s stable window has passed with less demand; never below min.
+    assert down_s >= 50, down_s
+    md = get(k, namespace, "mdep", "live") or {}
+    assert md["status"]["autoscaling"]["lastDecision"].startswith("3 -> 1: 0 in flight")
+    load = Path("/proc/loadavg").read_text().strip()
+    print(f"\nbuiltin engine via the operator: scale-up written {up_s:.1f}s after the load "
+          f"step (kubectl polling every 0.2 s), scale-down {down_s:.0f}s after the load "
+          f"stopped; loadavg {load}")  # fmt: skip

@@ -114,9 +114,13 @@ def run_loop(server: Runtime, pods: list[dict[str, Any]], seconds: float, client
         writes.append((time.monotonic() - started[0], replicas))
         mds[KEY] = [md(replicas)]
 
-    def resolve(p: dict[str, Any], port: int) -> str:
-        name = p["metadata"]["name"]
-        return f"127.0.0.1:{dead_port if name in dead else server.port}"
+    def resolve(md: Any, pods: Any, port: int) -> dict[str, str | None]:
+        return {
+            p["metadata"][
+                "name"
+            ]: f"127.0.0.1:{dead_port if p['metadata']['name'] in dead else server.port}"
+            for p in pods
+        }
 
     async def go() -> Autoscaler:
         scaler = Autoscaler(

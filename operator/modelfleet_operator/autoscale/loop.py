@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +27,16 @@ Key = tuple[str, str]
 INTERVAL_S = 1.0
 # A /scale write shows in the watch a moment later; until then the written value is current.
 WRITE_SETTLE_S = 10.0
-Resolver = Callable[[Mapping[str, Any], int], "str | None"]
+# (the ModelDeployment, its live pods, the runtime's port) -> pod name -> host:port of its
+# /metrics (None: nowhere to read it)
+Resolver = Callable[
+    [Mapping[str, Any], Sequence[Mapping[str, Any]], int], Mapping[str, "str | None"]
+]
+# Development and tests only (honoured when the operator runs with
+# MODELFLEET_SIMULATED_METRICS=1): space-separated host:port addresses of runtime processes
+# standing in for the pods' IPs, the i-th pod by name reading the i-th address (a kwok pod's
+# IP answers nothing).
+SIMULATED_METRICS_ANNOTATION = "modelfleet.io/simulated-metrics-addresses"
 WriteScale = Callable[[str, str, int], Awaitable[Any]]
 
 
@@ -37,9 +46,31 @@ class Lookup(Protocol):
     def __iter__(self) -> Any: ...
 
 
-def pod_address(pod: Mapping[str, Any], port: int) -> str | None:
-    ip = (pod.get("status") or {}).get("podIP")
-    return f"{ip}:{port}" if ip else None
+def _name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name"))
+
+
+def pod_addresses(
+    md: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], port: int
+) -> dict[str, str | None]:
+    """Each pod's IP and the runtime's port."""
+    out: dict[str, str | None] = {}
+    for pod in pods:
+        ip = (pod.get("status") or {}).get("podIP")
+        out[_name(pod)] = f"{ip}:{port}" if ip else None
+    return out
+
+
+def simulated_addresses(
+    md: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], port: int
+) -> dict[str, str | None]:
+    """``SIMULATED_METRICS_ANNOTATION``'s addresses by pod name order, else the pods' IPs."""
+    annotations = (md.get("metadata") or {}).get("annotations") or {}
+    listed = str(annotations.get(SIMULATED_METRICS_ANNOTATION) or "").split()
+    if not listed:
+        return pod_addresses(md, pods, port)
+    names = sorted(_name(p) for p in pods)
+    return {n: listed[i] if i < len(listed) else None for i, n in enumerate(names)}
 
 
 def _ready(pod: Mapping[str, Any]) -> bool:
@@ -89,7 +120,7 @@ class Autoscaler:
         write_scale: WriteScale,
         *,
         scraper: Scraper | None = None,
-        resolver: Resolver = pod_address,
+        resolver: Resolver = pod_addresses,
         interval_s: float = INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         notify: Callable[[Key], None] | None = None,
@@ -147,9 +178,7 @@ class Autoscaler:
         pods = [p for p in self.pods.get(key) or () if _live(p)]
         ready = [p for p in pods if _ready(p)]
         loading = [p for p in pods if not _ready(p)]
-        addresses = {
-            str((p.get("metadata") or {}).get("name")): self.resolver(p, port) for p in pods
-        }
+        addresses = self.resolver(md, pods, port)
         scraped = await self.scraper.many(a for a in addresses.values() if a)
         now = self.clock()
         obs = self._observe(track, auto, now, ready, len(loading), addresses, scraped)
@@ -171,7 +200,7 @@ class Autoscaler:
         answered = failed = 0
         seen: dict[str, tuple[float, float]] = {}
         for pod in ready:
-            name = str((pod.get("metadata") or {}).get("name"))
+            name = _name(pod)
             address = addresses.get(name)
             m = scraped.get(address) if address else None
             if m is None:
