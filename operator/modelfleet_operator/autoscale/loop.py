@@ -179,7 +179,10 @@ class Autoscaler:
         ready = [p for p in pods if _ready(p)]
         loading = [p for p in pods if not _ready(p)]
         addresses = self.resolver(md, pods, port)
-        scraped = await self.scraper.many(a for a in addresses.values() if a)
+        # Only ready pods carry demand; a loading one may not even listen yet.
+        scraped = await self.scraper.many(
+            a for p in ready if (a := addresses.get(_name(p))) is not None
+        )
         now = self.clock()
         obs = self._observe(track, auto, now, ready, len(loading), addresses, scraped)
         current = self._current(track, md, now)
