@@ -385,6 +385,7 @@ def raw_malloc_tuned() -> None:
     import ctypes  # noqa: PLC0415
 
     mallopt = ctypes.CDLL("libc.so.6").mallopt
+    mallopt(-8, 1)  # M_ARENA_MAX
     mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
     mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD
 

@@ -4,8 +4,8 @@ With glibc's defaults, a buffer above the (dynamic) mmap threshold is mmap'ed an
 on every forward pass, and a freed heap top above the trim threshold goes back to the kernel:
 the next batch faults every page in again and the kernel zeroes it. Measured here (the
 bench's image model, 32 rows of 3x224x224 FP32 per forward, one thread): 2946 us of CPU per
-row on the main thread and 1413 us on another with the defaults, 1503 / 1660 us with the
-thresholds below; the server spent a quarter of its batcher thread's CPU in page faults.
+row on the main thread and 1413 us on another with the defaults, 1492 / 1509 us with the
+settings below; the server spent a quarter of its batcher thread's CPU in page faults.
 Raising both keeps that memory in the process for the next batch, as a long-running server
 wants (its peak is the batch's working set, which it needs again at once).
 
@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-# buffers up to 1 GiB come from the heap (glibc still mmaps what a thread's arena cannot
-# hold); a freed heap top is kept up to 2 GiB
+M_ARENA_MAX = -8
+# buffers up to 1 GiB come from the heap and a freed heap top is kept up to 2 GiB; one arena
+# for every thread: the batcher thread's own arena lives in heaps of at most 64 MiB that glibc
+# unmaps when they empty, so batch buffers faulted in again there whatever the thresholds
 MMAP_THRESHOLD = 1 << 30
 TRIM_THRESHOLD = 1 << 31
 
@@ -37,7 +39,8 @@ def tune_for_batches() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    ok = bool(mallopt(M_ARENA_MAX, 1))
+    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and ok
     ok = bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and ok
     if not ok:
         log.debug("mallopt refused the batch thresholds")

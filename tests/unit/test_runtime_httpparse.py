@@ -40,6 +40,33 @@ def test_pipelined_requests_in_any_fragmentation(step: int | None) -> None:
     assert all(r.keep_alive for r in reqs)
 
 
+BIG = bytes(range(256)) * 400  # 100 KB: past the size taken without llhttp
+
+
+@pytest.mark.parametrize("step", [None, 1000, 4096, 65536])
+def test_big_bodies_then_more_requests_in_any_fragmentation(step: int | None) -> None:
+    """A big Content-Length body (copied without llhttp) ends exactly at its length: the
+    requests after it, a bad one included, are parsed as usual."""
+    big = b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%b" % (len(BIG), BIG)
+    reqs = parse_all(big + PIPELINE + big + big[:-1] + b"!", step)
+    assert [r.path for r in reqs] == ["/big", "/v2/models/m/infer", "/v2/health/ready", "/c",
+                                      "/last", "/big", "/big"]  # fmt: skip
+    assert reqs[0].body == BIG and reqs[5].body == BIG and reqs[6].body == BIG[:-1] + b"!"
+    assert reqs[3].body == b"abc0123456789"
+    parser = RequestParser()
+    parser.feed(big + b"GET / HTTP/1.1\r\n\r\n")  # no Host: refused after the big one
+    assert parser.next() is not None
+    with pytest.raises(HttpError, match="Host"):
+        parser.next()
+
+
+def test_a_big_body_cut_short_is_not_a_request() -> None:
+    parser = RequestParser()
+    parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(BIG))
+    parser.feed(BIG[:-1])
+    assert parser.next() is None and not parser.idle
+
+
 @pytest.mark.parametrize(
     ("head", "keep_alive"),
     [
