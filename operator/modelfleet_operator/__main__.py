@@ -7,14 +7,16 @@ Flags mirror kopf's own CLI where they overlap (--namespace, --all-namespaces, -
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 from collections.abc import Sequence
 
 import kopf
 
-from . import handlers
+from . import ha, handlers
 from .kube import Kube, make_api_client
+from .leader import LEASE_NAME, LeaderElector
 from .metrics import OperatorMetrics
 from .render.common import DEFAULT_RUNTIME_IMAGE, RenderConfig
 
@@ -72,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="ModelDeployments reconciled concurrently (asyncio tasks)",
     )
     p.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("MODELFLEET_LEADER_ELECT", "").lower() in ("1", "true", "yes"),
+        help="active/standby: reconcile only while holding the coordination.k8s.io Lease "
+        f"{LEASE_NAME!r}; standbys wait and take over when it is not renewed "
+        "[env MODELFLEET_LEADER_ELECT] (default: off; the Helm chart turns it on)",
+    )
+    p.add_argument(
+        "--leader-elect-namespace",
+        default=None,
+        help="namespace of that Lease (default: $POD_NAMESPACE, else the service account's)",
+    )
+    p.add_argument(
+        "--leader-elect-lease-duration",
+        type=int,
+        default=15,
+        metavar="SECONDS",
+        help="a standby takes over after the Lease went this long without renewal "
+        "(the holder gives up at 2/3 of it) (default: %(default)s)",
+    )
+    p.add_argument(
         "--kubeconfig", default=None, help="kubeconfig path (default: in-cluster, else $KUBECONFIG)"
     )
     p.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
@@ -119,6 +142,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def kube() -> Kube:  # made on kopf's event loop, which owns its connections
         return Kube(await make_api_client(args.kubeconfig, pool=args.workers * 2), metrics)
 
+    elector = None
+    if args.leader_elect:
+        duration = max(3, args.leader_elect_lease_duration)
+        elector = LeaderElector(
+            api=None,  # type: ignore[arg-type]  # set per event loop by ha
+            namespace=args.leader_elect_namespace or ha.default_namespace(),
+            identity=ha.default_identity(),
+            duration_s=duration,
+            renew_deadline_s=duration * 2 / 3,
+            retry_s=max(0.5, duration / 7.5),
+        )
+        asyncio.run(ha.wait_for_leadership(elector, kube, args.liveness or None))
+
     runtime = handlers.Runtime(
         kube_factory=kube,
         config=RenderConfig(
@@ -130,8 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
-    # One replica: kopf's peering pauses equal-priority peers instead of electing a
-    # leader, so standalone is the honest mode (see docs/operator.md on HA).
+    if elector is not None:
+        ha.register(registry, elector, kube)
+    # kopf's own peering pauses equal-priority peers instead of electing a leader; the
+    # Lease above is the election, so kopf runs standalone (docs/operator.md, HA).
     kopf.run(
         registry=registry,
         settings=settings(),

@@ -299,5 +299,46 @@ class Kube:
             body,
         )
 
+    # --- leader election (leader.py) -------------------------------------------------------
+
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            out: dict[str, Any] = await self._call(
+                "get",
+                "Lease",
+                self._api("CoordinationV1Api").read_namespaced_lease,
+                name,
+                namespace,
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return out
+
+    async def create_lease(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = await self._call(
+            "create",
+            "Lease",
+            self._api("CoordinationV1Api").create_namespaced_lease,
+            namespace,
+            body,
+        )
+        return out
+
+    async def replace_lease(
+        self, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A PUT carrying the resourceVersion we read: 409 if someone wrote it since."""
+        out: dict[str, Any] = await self._call(
+            "update",
+            "Lease",
+            self._api("CoordinationV1Api").replace_namespaced_lease,
+            name,
+            namespace,
+            body,
+        )
+        return out
+
     async def close(self) -> None:
         await self.api.close()

@@ -90,6 +90,13 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def watch_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Roles that grant the watched namespaces (not the leader-election one)."""
+    return [
+        r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")
+    ]
+
+
 def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = by_kind(docs, kind)
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
@@ -184,19 +191,57 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
+def test_leader_election_off_means_one_replica_and_recreate(helm: Path) -> None:
+    docs = template(helm, "operator.leaderElection.enabled=false")
+    dep = one(docs, "Deployment")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--leader-elect" not in operator_container(docs)["args"]
+    assert not [d for d in docs if d["kind"] == "Role" and "leader" in d["metadata"]["name"]]
+
+
+def test_two_replicas_without_leader_election_are_refused(helm: Path) -> None:
+    proc = subprocess.run(
+        [str(helm), "template", "t", str(CHART), "--set", "operator.replicaCount=2",
+         "--set", "operator.leaderElection.enabled=false"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "operator.replicaCount > 1 needs operator.leaderElection.enabled=true" in proc.stderr
+
+
+def test_lease_role_grants_only_the_one_lease(helm: Path) -> None:
+    docs = template(helm)
+    role = next(d for d in docs if d["kind"] == "Role" and "leader" in d["metadata"]["name"])
+    assert role["metadata"]["namespace"] == "modelfleet-system"
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["modelfleet-operator"],
+            "verbs": ["get", "update"],
+        }
+    ]
+    assert [r["verbs"] for r in role["rules"] if not r.get("resourceNames")] == [["create"]]
+
+
 def test_default_deployment_is_one_restricted_cluster_wide_replica(helm: Path) -> None:
     docs = template(helm)
     dep = one(docs, "Deployment")
     assert dep["metadata"]["name"] == "modelfleet"
     assert dep["metadata"]["namespace"] == "modelfleet-system"
     assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    # Leader election on by default: an upgrade rolls, the new pod a standby until the old one
+    # hands the Lease over.
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
     c = operator_container(docs)
     assert c["image"] == "ghcr.io/modelfleet/operator:0.1.0"  # appVersion
     assert c["command"] == ["modelfleet-operator"]
     assert "--all-namespaces" in c["args"]
+    assert "--leader-elect" in c["args"]
     assert not [a for a in c["args"] if a.startswith("--namespace")]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     probe = c["livenessProbe"]["httpGet"]
@@ -253,9 +298,13 @@ def test_namespace_scope_watches_only_the_listed_namespaces(helm: Path) -> None:
         "--namespace=ml",
         "--namespace=ml-staging",
     ]
-    roles = by_kind(docs, "Role")
+    roles = watch_roles(docs)
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "ml-staging"]
-    bindings = by_kind(docs, "RoleBinding")
+    bindings = [
+        b
+        for b in by_kind(docs, "RoleBinding")
+        if not b["metadata"]["name"].endswith("-leader-election")
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "ml-staging"]
     for b in bindings:
         assert b["subjects"] == [
@@ -267,7 +316,7 @@ def test_namespace_scope_defaults_to_the_release_namespace(helm: Path) -> None:
     docs = template(helm, "operator.scope=namespace", namespace="team-a")
     args = operator_container(docs)["args"]
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a"]
-    assert [r["metadata"]["namespace"] for r in by_kind(docs, "Role")] == ["team-a"]
+    assert [r["metadata"]["namespace"] for r in watch_roles(docs)] == ["team-a"]
 
 
 # --- RBAC -------------------------------------------------------------------------------------
@@ -333,7 +382,8 @@ def test_namespace_scope_keeps_only_cluster_scoped_reads_in_the_cluster_role(hel
     assert set(cluster) == CLUSTER_WIDE
     assert all(v <= {"get", "list", "watch"} for v in cluster.values())
     full = rules_by_resource(one(template(helm), "ClusterRole")["rules"])
-    namespaced = rules_by_resource(one(docs, "Role")["rules"])
+    (role,) = watch_roles(docs)
+    namespaced = rules_by_resource(role["rules"])
     # The Role plus the small ClusterRole grant what the cluster-wide role grants, plus the
     # namespace reads kopf needs for --namespace.
     union = {k: namespaced.get(k, set()) | cluster.get(k, set()) for k in {*namespaced, *cluster}}

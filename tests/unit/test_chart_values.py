@@ -77,9 +77,13 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         "at '/metrics/serviceMonitor': additional properties 'enable'",
     ),
     "string for an integer": ({"operator": {"replicaCount": "one"}}, "at '/operator/replicaCount'"),
-    "two operator replicas": (
-        {"operator": {"replicaCount": 2}},
+    "eleven operator replicas": (
+        {"operator": {"replicaCount": 11}},
         "at '/operator/replicaCount': maximum",
+    ),
+    "lease shorter than the renew loop allows": (
+        {"operator": {"leaderElection": {"leaseDurationSeconds": 1}}},
+        "at '/operator/leaderElection/leaseDurationSeconds': minimum",
     ),
     "unknown scope": ({"operator": {"scope": "cluster-wide"}}, "at '/operator/scope'"),
     "pull policy case": (

@@ -75,6 +75,9 @@ Rendered as a JSON list so callers can `fromJsonArray` it.
 {{- if and (eq .Values.operator.scope "cluster") .Values.operator.watchNamespaces }}
 {{- fail "operator.watchNamespaces is only used with operator.scope=namespace; set operator.scope=namespace or remove operator.watchNamespaces" }}
 {{- end }}
+{{- if and (gt (int .Values.operator.replicaCount) 1) (not .Values.operator.leaderElection.enabled) }}
+{{- fail "operator.replicaCount > 1 needs operator.leaderElection.enabled=true (otherwise every replica reconciles at once)" }}
+{{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled=true (the ServiceMonitor selects that Service)" }}
 {{- end }}
