@@ -104,7 +104,13 @@ class InFlight:
     echoes: dict[tuple[str, ...], str] = field(default_factory=dict)
 
     def is_echo(self, what: tuple[str, ...], resource_version: str) -> bool:
-        return bool(resource_version) and self.echoes.get(what) == resource_version
+        """Whether the watch now shows our own last write of ``what``: no news, and no
+        longer in flight (else a deletion that follows, with no reconcile between, would
+        look like the write still on its way and never be restored)."""
+        echo = bool(resource_version) and self.echoes.get(what) == resource_version
+        if echo:
+            self.settled(what)
+        return echo
 
     def pending(self, what: tuple[str, ...], seen_rv: str, payload: str) -> bool:
         if self.sent.get(what) == (seen_rv, payload):
