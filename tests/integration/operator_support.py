@@ -3,6 +3,7 @@ process against the test cluster, build ModelDeployment manifests, wait on their
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from kube_harness import KubeCluster, wait_for
@@ -79,11 +81,17 @@ class OperatorProcess:
     """`python -m modelfleet_operator` against the test cluster, logs in a file."""
 
     def __init__(
-        self, cluster: KubeCluster, log_path: pathlib.Path, resync_seconds: float = 20
+        self,
+        cluster: KubeCluster,
+        log_path: pathlib.Path,
+        resync_seconds: float = 20,
+        *,
+        debug: bool = False,
     ) -> None:
         self.cluster = cluster
         self.log_path = log_path
         self.resync = resync_seconds
+        self.debug = debug
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_port = 0
         self.metrics_port = 0
@@ -108,6 +116,7 @@ class OperatorProcess:
                 str(self.resync),
                 "--kubeconfig",
                 str(self.cluster.kubeconfig),
+                *(["--debug"] if self.debug else []),
             ],
             env=env,
             stdout=log,
@@ -160,6 +169,26 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "<no log>"
+
+
+@contextlib.contextmanager
+def running_operator(
+    cluster: KubeCluster,
+    log_path: pathlib.Path,
+    resync_seconds: float,
+    *,
+    start: bool = True,
+    debug: bool = False,
+) -> Iterator[OperatorProcess]:
+    """The CRD installed and the operator (started unless ``start`` is False); stopped
+    after, with its log's tail printed."""
+    install_crd(cluster)
+    proc = OperatorProcess(cluster, log_path, resync_seconds, debug=debug)
+    try:
+        yield proc.start() if start else proc
+    finally:
+        proc.stop()
+        print(f"\noperator log: {log_path}\n{proc.log_tail(30)}")
 
 
 def manifest(
