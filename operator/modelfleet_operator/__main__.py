@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Seconds between retries of kopf's own requests (its watches and lists).
+ERROR_BACKOFFS = (1.0, 1.0, *([2.0] * 150))
+
+
 def settings() -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
     # Only index and event handlers: kopf keeps no progress, so it writes nothing to the
@@ -118,6 +122,11 @@ def settings() -> kopf.OperatorSettings:
     # Server-side watch timeouts keep watches fresh through apiserver restarts.
     s.watching.server_timeout = 300
     s.watching.client_timeout = 330
+    # A restarted apiserver first answers 503 (paths not installed yet) and 429 (storage
+    # initializing): kopf's default backoffs grow to 21 s, so a watch could come back 20 s
+    # after the apiserver did, and a 5xx past their 54 s escapes kopf's watch loop (it only
+    # retries connection errors and 429s). Retry every 2 s, for ~5 min.
+    s.networking.error_backoffs = ERROR_BACKOFFS
     return s
 
 

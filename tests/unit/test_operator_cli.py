@@ -42,6 +42,12 @@ def test_kopf_settings_keep_bookkeeping_in_our_annotations() -> None:
     assert "modelfleet.io" in repr(s.persistence.progress_storage.prefix)
 
 
+def test_kopf_retries_its_watches_briefly_and_long() -> None:
+    # Through a control-plane restart: never more than 2 s between tries, ~5 min in all.
+    backoffs = list(settings().networking.error_backoffs)  # type: ignore[arg-type]
+    assert max(backoffs) <= 2 and sum(backoffs) >= 300
+
+
 def test_workers_and_resync_parse() -> None:
     args = build_parser().parse_args(["-A", "--workers=4", "--resync-seconds=30"])
     assert (args.workers, args.resync_seconds) == (4, 30.0)
