@@ -135,6 +135,9 @@ class Autoscaler:
         self.notify = notify
         self.tracks: dict[Key, Track] = {}
         self.writes = 0
+        # The parsed spec per object and generation: parsing every ModelDeployment every
+        # tick cost ~3.5% CPU at 300 objects with none autoscaled (py-spy, idle operator).
+        self._specs: dict[Key, tuple[Any, AutoscalingSpec | None, int]] = {}
 
     def report(self, key: Key) -> ScalingReport | None:
         track = self.tracks.get(key)
@@ -142,16 +145,26 @@ class Autoscaler:
 
     def _builtin(self) -> list[tuple[Key, Mapping[str, Any], AutoscalingSpec, int]]:
         out = []
-        for key in list(self.mds):
+        keys = list(self.mds)
+        for key in keys:
             md = next(iter(self.mds.get(key) or ()), None)
             if md is None or (md.get("metadata") or {}).get("deletionTimestamp"):
                 continue
-            try:
-                spec = parse_spec(md.get("spec"), name=key[1])
-            except InvalidSpec:
-                continue
-            if spec.autoscaling is not None and spec.autoscaling.engine == "builtin":
-                out.append((key, md, spec.autoscaling, spec.service.port))
+            generation = (md.get("metadata") or {}).get("generation")
+            cached = self._specs.get(key)
+            if cached is None or cached[0] != generation or generation is None:
+                try:
+                    spec = parse_spec(md.get("spec"), name=key[1])
+                    cached = (generation, spec.autoscaling, spec.service.port)
+                except InvalidSpec:
+                    cached = (generation, None, 0)
+                self._specs[key] = cached
+            _, auto, port = cached
+            if auto is not None and auto.engine == "builtin":
+                out.append((key, md, auto, port))
+        present = set(keys)
+        for gone in [k for k in self._specs if k not in present]:
+            del self._specs[gone]
         return out
 
     async def tick(self) -> None:
