@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .diff import value_at
 from .kube import Kube, KubeError
+from .memory import release_freed_memory
 from .metrics import OperatorMetrics
 from .observe import CHILD_KINDS, Facts, is_ours, trim_child
 from .plan import APPLY, DELETE, REPLACE, Action, Plan, plan
@@ -28,6 +29,7 @@ from .render.common import STRATEGY_ANNOTATION, selector_string
 from .status import Observed, Problem, Reason, ScalingReport, compute_status, status_changed
 
 log = logging.getLogger("modelfleet.operator")
+TRIM_AFTER = 100  # reconciles in a burst before the drained queue gives memory back
 Key = tuple[str, str]
 _PVC_RE = re.compile(r"^pvc://([^/]+)/")
 
@@ -377,6 +379,7 @@ class WorkQueue:
         self._timers: dict[Key, asyncio.TimerHandle] = {}  # retries after a failure
         self._soon: dict[Key, asyncio.TimerHandle] = {}  # debounced events
         self._tasks: list[asyncio.Task[None]] = []
+        self._since_trim = 0  # reconciles since memory was last given back
 
     def add(self, key: Key, why: str = "event") -> None:
         """Queue a reconcile of ``key``; ``why`` (the trigger) only labels the metrics."""
@@ -445,6 +448,10 @@ class WorkQueue:
                 if key in self._again:
                     self._again.discard(key)
                     self.add(key)
+                self._since_trim += 1
+                if self._since_trim >= TRIM_AFTER and self.idle():
+                    self._since_trim = 0
+                    release_freed_memory()
 
     def start(self) -> None:
         self._tasks = [

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from modelfleet_operator import reconcile as reconcile_module
 from modelfleet_operator.kube import KubeError
 from modelfleet_operator.metrics import OperatorMetrics
 from modelfleet_operator.observe import (
@@ -470,3 +471,31 @@ def test_a_deleted_child_comes_back_after_it_was_converged() -> None:
     c.writes.clear()
     run(rec.reconcile(KEY))
     assert c.writes == ["apply Service"]
+
+
+def test_queue_gives_memory_back_once_after_a_burst_not_while_busy_or_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trims: list[int] = []
+    seen: list[Key] = []
+    monkeypatch.setattr(reconcile_module, "release_freed_memory", lambda: trims.append(len(seen)))
+
+    async def main() -> None:
+        async def handler(key: Key, why: str) -> None:
+            seen.append(key)
+            await asyncio.sleep(0)
+
+        q = WorkQueue(handler, workers=4)
+        q.start()
+        for i in range(reconcile_module.TRIM_AFTER + 20):
+            q.add(("ns", str(i)))
+        while not q.idle():
+            await asyncio.sleep(0.01)
+        for i in range(5):  # a few more: below the threshold, no second trim
+            q.add(("ns", f"late-{i}"))
+        while not q.idle():
+            await asyncio.sleep(0.01)
+        await q.stop()
+
+    run(main())
+    assert trims == [reconcile_module.TRIM_AFTER + 20]  # once, when the burst had drained
