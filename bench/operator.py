@@ -280,6 +280,7 @@ def report(out: dict[str, Any], args: argparse.Namespace, log_path: pathlib.Path
             f"{out['idle_requests_per_s']:.3f}",
             "< 0.2",
         ),
+        ("operator RSS after the idle period (MiB)", f"{out['rss_after_idle']:.0f}", "< 150"),
         ("idle converged: reconciles/s", f"{out['idle_reconciles_per_s']:.3f}", ""),
         ("idle converged: operator CPU %", f"{out['idle_cpu_pct']:.2f}", "< 0.5"),
         (
@@ -391,6 +392,7 @@ def main() -> int:
         out["idle_requests_per_s"] = (i1["requests"] - i0["requests"]) / (t1 - t0)
         out["idle_reconciles_per_s"] = (i1["reconciles"] - i0["reconciles"]) / (t1 - t0)
         out["idle_cpu_pct"] = (c1 - c0) * 100 / (t1 - t0)
+        out["rss_after_idle"] = rss_mib(op.pid)
         out["load_idle"] = loadavg()
         stop.set()
         report(out, args, log_path)  # before the cleanup, which can take minutes at 1000
