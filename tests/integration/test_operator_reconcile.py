@@ -19,10 +19,10 @@ from operator_support import (
     cond,
     describe,
     get,
-    install_crd,
     manifest,
     node_product,
     pods_of,
+    running_operator,
     wait_condition,
 )
 
@@ -31,14 +31,9 @@ from operator_support import (
 def operator(
     kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    install_crd(kube_cluster)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(kube_cluster, log, resync_seconds=15).start()
-    try:
+    with running_operator(kube_cluster, log, 15) as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(f"\noperator log: {log}\n{proc.log_tail(30)}")
 
 
 @pytest.fixture

@@ -17,20 +17,16 @@ from operator_support import (
     apply_as_user,
     cond,
     get,
-    install_crd,
     manifest,
+    running_operator,
     wait_condition,
 )
 
 
 @pytest.fixture
 def operator(kube_cluster: KubeCluster, tmp_path: pathlib.Path) -> Iterator[OperatorProcess]:
-    install_crd(kube_cluster)
-    proc = OperatorProcess(kube_cluster, tmp_path / "operator.log", resync_seconds=10)
-    try:
+    with running_operator(kube_cluster, tmp_path / "operator.log", 10, start=False) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def children(k: KubeCluster, namespace: str) -> dict[str, list[str]]:

@@ -18,8 +18,8 @@ from operator_support import (
     cond,
     describe,
     get,
-    install_crd,
     manifest,
+    running_operator,
     wait_condition,
 )
 
@@ -28,14 +28,9 @@ from operator_support import (
 def operator(
     kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    install_crd(kube_cluster)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(kube_cluster, log, resync_seconds=300).start()
-    try:
+    with running_operator(kube_cluster, log, 300) as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(f"\noperator log: {log}\n{proc.log_tail(30)}")
 
 
 @pytest.fixture
