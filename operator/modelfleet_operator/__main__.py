@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resync-seconds",
         type=float,
-        default=300.0,
-        help="re-plan every ModelDeployment this often from the watches' view "
+        default=600.0,
+        help="re-plan every ModelDeployment this often (spread over the interval) from the "
+        "watches' view "
         "(no API request when converged; drift itself is seen at once)",
     )
     p.add_argument(
