@@ -43,7 +43,11 @@ test: ## Install everything, build the cluster binaries and the images, lint, ru
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-prereqs
-test-prereqs: install cluster-build lint images
+test-prereqs: install cluster-build lint images min-versions
+
+.PHONY: min-versions
+min-versions: ## The operator's unit tests on the oldest dependency versions pyproject.toml allows
+	operator/ci/min-versions
 
 .PHONY: test-e2e
 test-e2e: install cluster-build images ## Run the end-to-end tests on a real node (root; see docs/cluster.md)
