@@ -30,7 +30,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from benchutil import free_port, loadavg, pct
 from kubernetes import client, config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,23 +48,6 @@ GROUP, VERSION, PLURAL = "modelfleet.io", "v1alpha1", "modeldeployments"
 ADDRESSES = "modelfleet.io/simulated-metrics-addresses"
 USAGE_CPU = "kwok.x-k8s.io/usage-cpu"
 DOC = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def loadavg() -> str:
-    return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def wait(what: str, probe: Any, timeout: float, interval: float = 0.1) -> Any:

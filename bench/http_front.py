@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchutil import free_port, loadavg
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("MODELFLEET_BENCH_CACHE", Path.home() / ".cache/modelfleet/bench"))
@@ -54,10 +55,6 @@ REQUEST = (
     b"User-Agent: bench\r\nAccept: */*\r\nContent-Type: application/json\r\n"
     b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
 )
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 # -- parse cost ------------------------------------------------------------------------------
@@ -177,12 +174,6 @@ def build_loadgen() -> Path:
             env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
         )
     return LOADGEN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve(model_dir: Path, src: Path) -> tuple[subprocess.Popen[bytes], int]:

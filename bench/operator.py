@@ -28,7 +28,6 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,22 +38,13 @@ import urllib.request
 import uuid
 from typing import Any
 
+from benchutil import free_port, loadavg, pct
 from kubernetes import client, config, watch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GROUP, VERSION, PLURAL = "modelfleet.io", "v1alpha1", "modeldeployments"
 PODS_PER_NODE = 250
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def loadavg() -> str:
-    return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
 
 
 def body(name: str) -> dict[str, Any]:
@@ -124,13 +114,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def room(api: client.ApiClient, n: int) -> list[str]:

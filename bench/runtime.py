@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
+
+from benchutil import free_port, loadavg
 
 REPO = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 64)
@@ -177,12 +178,6 @@ class Raw:
 
 
 # -- server ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -388,10 +383,6 @@ def raw_malloc_tuned() -> None:
     mallopt(-8, 1)  # M_ARENA_MAX
     mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
     mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def payload_suite(args: argparse.Namespace) -> None:
