@@ -7,6 +7,7 @@ module only runs them, so `make dev` and these tests bring up exactly the same n
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import os
 import pathlib
@@ -93,6 +94,23 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 180,
         time.sleep(interval)
     extra = describe() if describe else ""
     raise E2EError(f"{what}: not reached in {timeout:.0f}s {last_exc or ''}\n{extra}")
+
+
+def infer_json(host: str, port: int, model: str, inputs: list[dict[str, Any]],
+               timeout: float) -> list[float]:  # fmt: skip
+    """One OIP v2 JSON inference; the first output's data, or E2EError naming the status."""
+    body = json.dumps({"inputs": inputs})
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("POST", f"/v2/models/{model}/infer", body,
+                     {"Content-Type": "application/json"})  # fmt: skip
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise E2EError(f"infer: HTTP {resp.status}: {data[:300]!r}")
+    return [float(v) for v in json.loads(data)["outputs"][0]["data"]]
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ Service, with the exact numbers torch computes on the host."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import shutil
 import struct
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import OPERATOR_NS, RESTRICTED, S3, TOLERATE, Model, operator_pod
-from e2e_support import REAL_NODE, E2EError, Kube, condition, run, wait_for
+from e2e_support import REAL_NODE, E2EError, Kube, condition, infer_json, run, wait_for
 
 FEATURES = [5.1, 3.5, 1.4, 0.2]
 CTRD_SOCK = "/run/modelfleet-node/containerd/containerd.sock"  # hack/node/lib.sh
@@ -65,19 +64,8 @@ def wait_ready(kube: Kube, ns: str, name: str, timeout: float = 240) -> dict[str
 
 
 def infer(host: str, port: int, name: str = "iris", timeout: float = 10) -> list[float]:
-    body = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4],
-                                   "data": FEATURES}]})  # fmt: skip
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("POST", f"/v2/models/{name}/infer", body,
-                     {"Content-Type": "application/json"})  # fmt: skip
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
-    if resp.status != 200:
-        raise E2EError(f"infer: HTTP {resp.status}: {data[:300]!r}")
-    return f32([float(x) for x in json.loads(data)["outputs"][0]["data"]])
+    inputs = [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": FEATURES}]
+    return f32(infer_json(host, port, name, inputs, timeout))
 
 
 def f32(values: list[float]) -> list[float]:

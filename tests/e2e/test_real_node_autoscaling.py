@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import http.client
-import json
 import pathlib
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ import pytest
 import torch
 import yaml
 from conftest import TOLERATE
-from e2e_support import REAL_NODE, E2EError, Kube, condition, run, wait_for
+from e2e_support import REAL_NODE, E2EError, Kube, condition, infer_json, run, wait_for
 from modelfleet_operator.autoscale.scrape import parse_metrics
 from safetensors.torch import save_file
 from test_real_node import apply_in, describe, service_ip, serving_pods, wait_ready
@@ -126,19 +125,8 @@ def autoscaled(uri: str) -> dict[str, Any]:
 
 
 def infer(ip: str, timeout: float = 30) -> list[float]:
-    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2],
-                                   "data": X}]})  # fmt: skip
-    conn = http.client.HTTPConnection(ip, PORT, timeout=timeout)
-    try:
-        conn.request("POST", f"/v2/models/{NAME}/infer", body,
-                     {"Content-Type": "application/json"})  # fmt: skip
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
-    if resp.status != 200:
-        raise E2EError(f"infer: HTTP {resp.status}: {data[:300]!r}")
-    return [float(v) for v in json.loads(data)["outputs"][0]["data"]]
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": X}]
+    return infer_json(ip, PORT, NAME, inputs, timeout)
 
 
 @dataclass
