@@ -96,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(the holder gives up at 2/3 of it) (default: %(default)s)",
     )
     p.add_argument(
+        "--activator-service",
+        type=_service_ref,
+        default=os.environ.get("MODELFLEET_ACTIVATOR_SERVICE") or None,
+        metavar="NAMESPACE/NAME",
+        help="the activator's Service (its EndpointSlices list the activator pods and their "
+        "'metrics' port): ModelDeployments with autoscaling.minReplicas 0 scale to zero "
+        "behind it [env MODELFLEET_ACTIVATOR_SERVICE] (default: none; minReplicas 0 then "
+        "keeps one replica, and status says why)",
+    )
+    p.add_argument(
+        "--activator-ports",
+        type=_port_range,
+        default=os.environ.get("MODELFLEET_ACTIVATOR_PORTS", "20000-29999"),
+        metavar="LOW-HIGH",
+        help="ports handed out to scale-to-zero ModelDeployments, one each, on which the "
+        "activator listens for them [env MODELFLEET_ACTIVATOR_PORTS] (default: %(default)s)",
+    )
+    p.add_argument(
         "--kubeconfig", default=None, help="kubeconfig path (default: in-cluster, else $KUBECONFIG)"
     )
     p.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
@@ -104,6 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     level.add_argument("-d", "--debug", action="store_true")
     level.add_argument("-q", "--quiet", action="store_true")
     return p
+
+
+def _service_ref(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
+    return namespace, name
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW-HIGH (e.g. 20000-29999)") from None
+    if not 1024 <= lo <= hi <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1024 <= LOW <= HIGH <= 65535")
+    return lo, hi
 
 
 # Seconds between retries of kopf's own requests (its watches and lists).
@@ -173,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics=metrics,
         workers=args.workers,
         resync_seconds=args.resync_seconds,
+        activator_service=args.activator_service,
+        activator_ports=args.activator_ports,
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry)

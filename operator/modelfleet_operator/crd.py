@@ -342,8 +342,9 @@ def autoscaling_schema() -> Schema:
                 enum=list(ENGINES),
             ),
             "minReplicas": integer(
-                "Fewest replicas (scale to zero is not supported yet).",
-                minimum=1,
+                "Fewest replicas. 0 scales to zero when idle (engine builtin): the activator "
+                "then holds requests while no replica is ready and asks for one at once.",
+                minimum=0,
                 maximum=1000,
                 **_d("autoscaling.minReplicas"),
             ),
@@ -374,6 +375,25 @@ def autoscaling_schema() -> Schema:
                 minimum=0,
                 maximum=3600,
                 **_d("autoscaling.scaleDownStabilizationSeconds"),
+            ),
+            "scaleToZero": obj(
+                "With minReplicas 0: how the activator holds requests while no replica is "
+                "ready (a cold start: maybe a new GPU node, then the model load).",
+                {
+                    "maxHeldRequests": integer(
+                        "Requests held at once per activator; above it callers get 503 with "
+                        "Retry-After.",
+                        minimum=1,
+                        maximum=100000,
+                        **_d("autoscaling.scaleToZero.maxHeldRequests"),
+                    ),
+                    "holdTimeoutSeconds": integer(
+                        "How long a request is held before it is answered 504.",
+                        minimum=1,
+                        maximum=86400,
+                        **_d("autoscaling.scaleToZero.holdTimeoutSeconds"),
+                    ),
+                },
             ),
             "keda": obj(
                 "Engine keda: where its prometheus trigger reads the runtime's metrics.",
@@ -418,6 +438,18 @@ def autoscaling_schema() -> Schema:
                 "that scrapes the runtime)",
                 field_path=".keda.serverAddress",
                 reason="FieldValueRequired",
+            ),
+            rule(
+                "self.minReplicas > 0 || (has(self.engine) ? self.engine == 'builtin' : "
+                "self.metric != 'cpu')",
+                "minReplicas 0 (scale to zero) needs engine builtin, whose activator holds "
+                "requests while no replica is ready",
+                field_path=".minReplicas",
+            ),
+            rule(
+                "!has(self.scaleToZero) || self.minReplicas == 0",
+                "scaleToZero is only read with minReplicas 0",
+                field_path=".scaleToZero",
             ),
             rule(
                 "!has(self.keda) || (has(self.engine) && self.engine == 'keda')",

@@ -25,6 +25,7 @@ from .autoscale.loop import Autoscaler, pod_addresses, simulated_addresses
 from .kube import Kube
 from .metrics import OperatorMetrics
 from .observe import (
+    is_generated_slice,
     md_key,
     owner_of_child,
     pod_owner,
@@ -35,7 +36,8 @@ from .observe import (
     trim_pod,
     trim_pvc,
 )
-from .reconcile import Key, Reconciler, View, WorkQueue, resync
+from .reconcile import Key, PortBook, Reconciler, View, WorkQueue, resync
+from .render.activator import SERVICE_NAME_LABEL
 from .render.common import MANAGED_BY_LABEL, MANAGER, RenderConfig
 from .spec import GROUP, PLURAL, VERSION
 
@@ -52,6 +54,8 @@ CHILDREN = {
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
     # KEDA's CRD may be absent: kopf then warns once and leaves this index empty.
     "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
+    # The activator's slice of the Service (scale to zero); controllers' slices are skipped.
+    "EndpointSlice": ("discovery.k8s.io", "v1", "endpointslices"),
 }
 # Everything watched: (group, version, plural). The chart's RBAC grants list+watch on each
 # (tests/unit/test_chart_render.py checks).
@@ -69,6 +73,7 @@ INDEX = {
     "PodDisruptionBudget": "mf_pdbs",
     "HorizontalPodAutoscaler": "mf_hpas",
     "ScaledObject": "mf_scaledobjects",
+    "EndpointSlice": "mf_endpointslices",
 }
 
 
@@ -87,6 +92,10 @@ class Runtime:
     node_facts: dict[str, str] | None = None
     tasks: tuple[asyncio.Task[None], ...] = ()
     autoscaler: Autoscaler | None = None
+    # Scale to zero: the activator's Service (namespace, name), None: no activator; and the
+    # ports the operator hands out to ModelDeployments on it.
+    activator_service: tuple[str, str] | None = None
+    activator_ports: tuple[int, int] = (20000, 29999)
 
 
 def _rt(memo: Any) -> Runtime:
@@ -138,6 +147,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.index(*MD, registry=registry, id=INDEX["ModelDeployment"])(index_md)
 
     async def index_child(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        if body.get("kind") == "EndpointSlice" and is_generated_slice(body):
+            return {}  # a controller's (the Service's own endpoints): never a child
         return {md_key(body): trim_child(body)}
 
     for kind, resource in CHILDREN.items():
@@ -153,6 +164,19 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     kopf.index("", "v1", "pods", registry=registry, id="mf_pods")(index_pod)
     kopf.index("", "v1", "pods", registry=registry, id="mf_gpu_pods")(index_gpu_pod)
+
+    async def index_activator(
+        body: kopf.Body, namespace: str | None, memo: Any, **_: Any
+    ) -> dict[Any, Any]:
+        wanted = _rt(memo).activator_service
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        if wanted is None or (namespace, labels.get(SERVICE_NAME_LABEL)) != wanted:
+            return {}
+        return {None: trim_child(body)}
+
+    kopf.index("discovery.k8s.io", "v1", "endpointslices", registry=registry, id="mf_activator")(
+        index_activator
+    )
 
     async def index_node(body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {None: trim_node(body)}
@@ -176,8 +200,14 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.event(*MD, registry=registry, id="md")(on_md)
 
     async def on_child(*, memo: Any, body: kopf.Body, namespace: str | None, **kw: Any) -> None:
-        queue, key = _queue(memo), _key_of(namespace, owner_of_child(body))
         kind = str(body.get("kind"))
+        if kind == "EndpointSlice" and _on_activator_slice(
+            memo, body, namespace, kw[INDEX["ModelDeployment"]]
+        ):
+            return
+        if kind == "EndpointSlice" and is_generated_slice(body):
+            return  # a Service's own endpoints: pod events already tell
+        queue, key = _queue(memo), _key_of(namespace, owner_of_child(body))
         if (
             queue is not None
             and key is not None
@@ -188,6 +218,22 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     for kind, resource in CHILDREN.items():
         kopf.on.event(*resource, registry=registry, id=f"child-{kind}")(on_child)
+
+    def _on_activator_slice(memo: Any, body: kopf.Body, namespace: str | None, mds: Any) -> bool:
+        """Whether this is one of the activator Service's slices. Its pods changed: every
+        scale-to-zero ModelDeployment's slice lists them (or stops listing a gone one)."""
+        rt, queue = _rt(memo), _queue(memo)
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        if rt.activator_service != (namespace, labels.get(SERVICE_NAME_LABEL)):
+            return False
+        if queue is None:
+            return True
+        for key in list(mds):
+            md = next(iter(mds.get(key) or ()), None) or {}
+            auto = (md.get("spec") or {}).get("autoscaling") or {}
+            if isinstance(auto, Mapping) and auto.get("minReplicas") == 0:
+                queue.add_soon(key, "activator", SETTLE_S)
+        return True
 
     async def on_pod(*, memo: Any, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         queue, key = _queue(memo), _key_of(namespace, pod_owner(body))
@@ -243,9 +289,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
             gpu_pods=kwargs["mf_gpu_pods"],
             nodes=kwargs["mf_nodes"],
             pvcs=kwargs["mf_pvcs"],
+            activator=kwargs["mf_activator"] if rt.activator_service is not None else None,
         )
         kube: Kube = await rt.kube_factory()
-        rt.reconciler = Reconciler(kube, view, rt.config, rt.metrics)
+        rt.reconciler = Reconciler(
+            kube, view, rt.config, rt.metrics, ports=PortBook(port_range=rt.activator_ports)
+        )
         rt.queue = WorkQueue(rt.reconciler.reconcile, workers=rt.workers, metrics=rt.metrics)
         rt.queue.start()
         rt.ready = asyncio.Event()
@@ -262,6 +311,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 if os.environ.get("MODELFLEET_SIMULATED_METRICS") == "1"
                 else pod_addresses
             ),
+            activators=view.activator_metrics,
+            routed=view.has_activator_slice,
         )
         rt.reconciler.scaling = rt.autoscaler.report
         rt.tasks = (

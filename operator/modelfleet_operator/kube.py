@@ -37,6 +37,7 @@ _APIS: dict[str, tuple[str, str]] = {
     "Service": ("CoreV1Api", "service"),
     "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"),
     "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
+    "EndpointSlice": ("DiscoveryV1Api", "endpoint_slice"),
 }
 # Children of custom kinds, written through CustomObjectsApi: kind -> (group, version, plural).
 _CUSTOM: dict[str, tuple[str, str, str]] = {

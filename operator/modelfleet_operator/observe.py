@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .render.activator import ActivatorEndpoint, ActivatorRoute
 from .render.common import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER
 from .spec import GROUP, KIND
 
@@ -23,7 +24,10 @@ CHILD_KINDS = (
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
     "ScaledObject",  # KEDA's (engine keda); unwatched where KEDA's CRD is not installed
+    "EndpointSlice",  # the activator's, with scale to zero (render/activator.py)
 )
+# Kinds only some ModelDeployments want: a stranger holding the name conflicts only then.
+OPTIONAL_KINDS = ("EndpointSlice",)
 GPU_RESOURCE_PREFIX = "nvidia.com/"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
@@ -96,13 +100,53 @@ def trim_child(body: Obj) -> dict[str, Any]:
                 k: meta[k] for k in ("name", "namespace", "uid", "ownerReferences") if k in meta
             },
         }
-    return {
+    out = {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": meta,
         "spec": body.get("spec") or {},
         "status": body.get("status") or {},
     }
+    if body.get("kind") == "EndpointSlice":  # no spec: its fields are at the top
+        out.pop("spec")
+        out.pop("status")
+        out.update({k: body.get(k) for k in ("addressType", "ports", "endpoints")})
+    return out
+
+
+def is_generated_slice(body: Obj) -> bool:
+    """An EndpointSlice made by a controller (named from generateName, as Kubernetes'
+    EndpointSlice controller does): never a child's name holder."""
+    return bool((body.get("metadata") or {}).get("generateName"))
+
+
+def activator_endpoints(body: Obj) -> list[ActivatorEndpoint]:
+    """The ready activator pods one of the activator Service's EndpointSlices lists."""
+    out = []
+    for ep in body.get("endpoints") or []:
+        if not isinstance(ep, Mapping):
+            continue
+        conditions = ep.get("conditions") or {}
+        if conditions.get("ready") is False or conditions.get("terminating"):
+            continue
+        ref = ep.get("targetRef") or {}
+        for address in ep.get("addresses") or []:
+            out.append(
+                ActivatorEndpoint(
+                    ip=str(address),
+                    pod=ref.get("name") if ref.get("kind") == "Pod" else None,
+                    namespace=ref.get("namespace") if ref.get("kind") == "Pod" else None,
+                )
+            )
+    return out
+
+
+def activator_metrics_port(body: Obj, name: str = "metrics") -> int | None:
+    for port in body.get("ports") or []:
+        if isinstance(port, Mapping) and port.get("name") == name:
+            value = port.get("port")
+            return value if isinstance(value, int) else None
+    return None
 
 
 def owner_of_child(body: Obj) -> str | None:
@@ -198,3 +242,6 @@ class Facts:
     pvc: Obj | None = None
     nodes: Sequence[Obj] | None = None
     gpu_pods: Sequence[Obj] | None = None
+    # With scale to zero: the activator's port for this ModelDeployment and its ready pods
+    # (None: no activator configured, or no port left in its range)
+    activator: ActivatorRoute | None = None

@@ -10,8 +10,9 @@ from typing import Any
 
 from .capacity import gpu_capacity
 from .diff import differences, list_paths
-from .observe import CHILD_KINDS, Facts, is_ours
+from .observe import CHILD_KINDS, OPTIONAL_KINDS, Facts, is_ours
 from .render import Owner, RenderConfig, Strategy, render_all
+from .render.activator import render_activator_slice
 from .render.deployment import (
     choose_strategy,
     existing_strategy,
@@ -62,9 +63,13 @@ def plan(facts: Facts, config: RenderConfig) -> Plan:
         spec = parse_spec(facts.md.get("spec"), name=owner.name)
     except InvalidSpec as exc:
         return Plan(owner, invalid=exc, problems=tuple(_conflicts(facts, owner)))
-    problems = _conflicts(facts, owner) + judge(spec, facts)
     strategy = _strategy(owner, spec, facts, config)
     children = {c["kind"]: c for c in render_all(owner, spec, config, strategy)}
+    if spec.autoscaling is not None and spec.autoscaling.to_zero and facts.activator is not None:
+        children["EndpointSlice"] = render_activator_slice(
+            owner, spec, facts.activator, serving=serving(spec, facts)
+        )
+    problems = _conflicts(facts, owner, set(children)) + judge(spec, facts)
     actions: list[Action] = []
     for kind in CHILD_KINDS:
         live = facts.children.get(kind)
@@ -97,10 +102,26 @@ def plan(facts: Facts, config: RenderConfig) -> Plan:
     )
 
 
-def _conflicts(facts: Facts, owner: Owner) -> list[Problem]:
+def serving(spec: ModelDeploymentSpec, facts: Facts) -> bool:
+    """Whether callers can reach a replica without the activator: one is ready (and not
+    on its way out) and spec.replicas does not ask for none."""
+    if spec.desired_replicas() == 0:
+        return False
+    for pod in facts.pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            return True
+    return False
+
+
+def _conflicts(facts: Facts, owner: Owner, wanted: set[str] | None = None) -> list[Problem]:
     out = []
     for kind in CHILD_KINDS:
         live = facts.children.get(kind)
+        if kind in OPTIONAL_KINDS and (wanted is None or kind not in wanted):
+            continue  # e.g. someone's EndpointSlice named like us: only ours if we want one
         if live is not None and not is_ours(live, owner.uid):
             out.append(
                 Problem(

@@ -15,16 +15,24 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .diff import value_at
 from .kube import Kube, KubeError
 from .memory import release_freed_memory
 from .metrics import OperatorMetrics
-from .observe import CHILD_KINDS, Facts, is_ours, trim_child
+from .observe import (
+    CHILD_KINDS,
+    Facts,
+    activator_endpoints,
+    activator_metrics_port,
+    is_ours,
+    trim_child,
+)
 from .plan import APPLY, DELETE, REPLACE, Action, Plan, plan
 from .render import Owner, RenderConfig, Strategy
+from .render.activator import ActivatorEndpoint, ActivatorRoute, allocate_port, slice_port
 from .render.common import STRATEGY_ANNOTATION, selector_string
 from .status import Observed, Problem, Reason, ScalingReport, compute_status, status_changed
 
@@ -58,6 +66,42 @@ class View:
     gpu_pods: Lookup  # None -> every pod holding GPUs on a node
     nodes: Lookup  # None -> every node
     pvcs: Lookup  # (namespace, name) -> the claim
+    # None -> the activator Service's EndpointSlices (None: no activator configured)
+    activator: Lookup | None = None
+
+    def activator_pods(self) -> tuple[ActivatorEndpoint, ...] | None:
+        if self.activator is None:
+            return None
+        seen: dict[str, ActivatorEndpoint] = {}
+        for body in self.activator.get(None) or ():
+            for ep in activator_endpoints(body):
+                seen.setdefault(ep.ip, ep)
+        return tuple(seen[ip] for ip in sorted(seen))
+
+    def activator_metrics(self) -> list[str] | None:
+        """host:port of each ready activator pod's /metrics (the Service's 'metrics' port)."""
+        if self.activator is None:
+            return None
+        out: set[str] = set()
+        for body in self.activator.get(None) or ():
+            port = activator_metrics_port(body)
+            if port is not None:
+                out |= {f"{ep.ip}:{port}" for ep in activator_endpoints(body)}
+        return sorted(out)
+
+    def has_activator_slice(self, key: Key) -> bool:
+        slices = self.children.get("EndpointSlice")
+        return slices is not None and _one(slices.get(key)) is not None
+
+    def activator_ports(self) -> dict[Key, int]:
+        """The port each live activator slice holds, by its ModelDeployment."""
+        out: dict[Key, int] = {}
+        slices = self.children.get("EndpointSlice")
+        for key in list(slices or ()):
+            port = slice_port(_one(slices.get(key))) if slices is not None else None
+            if port is not None:
+                out[key] = port
+        return out
 
     def facts(self, key: Key) -> Facts | None:
         md = _one(self.mds.get(key))
@@ -154,6 +198,34 @@ def _rv(obj: Mapping[str, Any] | None) -> str:
     return str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
 
 
+@dataclass
+class PortBook:
+    """Which activator port each scale-to-zero ModelDeployment has. The cluster holds the
+    allocation (each activator slice's port, read back after a restart); this only keeps
+    ports handed out in this process whose slice the watch does not show yet, so two
+    reconciles running at once cannot pick the same one."""
+
+    port_range: tuple[int, int] = (20000, 29999)
+    reserved: dict[Key, int] = field(default_factory=dict)
+
+    def port_for(self, key: Key, live: Mapping[Key, int]) -> int | None:
+        # Two live slices holding one port (a race before a restart, a hand edit): the
+        # first ModelDeployment by name keeps it.
+        holder: dict[int, Key] = {}
+        for k, p in sorted(live.items()):
+            holder.setdefault(p, k)
+        taken = {p for p, k in holder.items() if k != key}
+        taken |= {p for k, p in self.reserved.items() if k != key}
+        mine = self.reserved.get(key, live.get(key))
+        port = allocate_port(mine, taken, self.port_range)
+        if port is not None:
+            self.reserved[key] = port
+        return port
+
+    def release(self, key: Key) -> None:
+        self.reserved.pop(key, None)
+
+
 class Reconciler:
     def __init__(
         self,
@@ -161,11 +233,13 @@ class Reconciler:
         view: View,
         config: RenderConfig | None = None,
         metrics: OperatorMetrics | None = None,
+        ports: PortBook | None = None,
     ) -> None:
         self.kube = kube
         self.view = view
         self.config = config or RenderConfig()
         self.metrics = metrics or kube.metrics
+        self.ports = ports or PortBook()
         self.inflight = InFlight()
         # The builtin autoscaler's last report per ModelDeployment (handlers.py sets it).
         self.scaling: Callable[[Key], ScalingReport | None] | None = None
@@ -183,7 +257,9 @@ class Reconciler:
         facts = self.view.facts(key)
         if facts is None:
             self.inflight.forget(key)
+            self.ports.release(key)
             return "gone"
+        facts = self._with_activator(key, facts)
         try:
             the_plan = plan(facts, self.config)
         except Exception as exc:  # a bug or an input nobody foresaw: this object only
@@ -206,12 +282,19 @@ class Reconciler:
         children = dict(facts.children)
         failed: KubeError | None = None
         wrote = False
-        # Children are independent of each other: written concurrently, one request each.
-        outcomes = await asyncio.gather(
-            *(self._execute(key, the_plan.owner, a) for a in the_plan.actions),
-            return_exceptions=True,
-        )
-        for action, out in zip(the_plan.actions, outcomes, strict=True):
+        # The activator's slice first: scaling to zero, it must take the Service's traffic
+        # before the last replica goes. The other children are independent of each other:
+        # written concurrently, one request each.
+        first = [a for a in the_plan.actions if a.kind == "EndpointSlice"]
+        rest = [a for a in the_plan.actions if a.kind != "EndpointSlice"]
+        actions = first + rest
+        outcomes: list[Any] = []
+        for batch in (first, rest):
+            outcomes += await asyncio.gather(
+                *(self._execute(key, the_plan.owner, a) for a in batch),
+                return_exceptions=True,
+            )
+        for action, out in zip(actions, outcomes, strict=True):
             if isinstance(out, BaseException) and not isinstance(out, KubeError):
                 raise out
             if isinstance(out, KubeError):
@@ -240,6 +323,18 @@ class Reconciler:
         if the_plan.invalid:
             return "invalid"
         return "wrote" if wrote else "converged"
+
+    def _with_activator(self, key: Key, facts: Facts) -> Facts:
+        """Scale to zero: this ModelDeployment's activator port and the activator's pods."""
+        auto = ((facts.md.get("spec") or {}).get("autoscaling")) or {}
+        pods = self.view.activator_pods()
+        if not isinstance(auto, Mapping) or auto.get("minReplicas") != 0 or pods is None:
+            self.ports.release(key)
+            return facts
+        port = self.ports.port_for(key, self.view.activator_ports())
+        if port is None:
+            return facts  # the range is full: the autoscaler keeps a replica (status says)
+        return replace(facts, activator=ActivatorRoute(port=port, endpoints=pods))
 
     async def _execute(self, key: Key, owner: Owner, action: Action) -> Mapping[str, Any] | None:
         what = (action.kind, *key)

@@ -75,6 +75,9 @@ DEFAULTS: dict[str, Any] = {
     "autoscaling.metric": "concurrency",
     "autoscaling.scaleUpStabilizationSeconds": 0,
     "autoscaling.scaleDownStabilizationSeconds": 300,
+    "autoscaling.scaleToZero.maxHeldRequests": 100,
+    # Long enough for a GPU node to come up and a large model to load.
+    "autoscaling.scaleToZero.holdTimeoutSeconds": 1200,
     "rollout.strategy": "Auto",
     "rollout.progressDeadlineSeconds": 900,
     "scheduling.topologySpread.topologyKey": "kubernetes.io/hostname",
@@ -193,6 +196,14 @@ class KedaSpec:
 
 
 @dataclass(frozen=True)
+class ScaleToZeroSpec:
+    """How the activator holds requests while no replica is ready (minReplicas 0)."""
+
+    max_held_requests: int = 100
+    hold_timeout_s: int = 1200
+
+
+@dataclass(frozen=True)
 class AutoscalingSpec:
     min_replicas: int
     max_replicas: int
@@ -202,6 +213,11 @@ class AutoscalingSpec:
     scale_down_window_s: int
     engine: str = "builtin"
     keda: KedaSpec = field(default_factory=KedaSpec)
+    scale_to_zero: ScaleToZeroSpec | None = None  # set exactly when minReplicas is 0
+
+    @property
+    def to_zero(self) -> bool:
+        return self.min_replicas == 0
 
 
 @dataclass(frozen=True)
@@ -534,14 +550,29 @@ def _parse_autoscaling(a: _Reader) -> AutoscalingSpec:
         )
     if engine != "keda" and k.raw:
         raise InvalidSpec("spec.autoscaling.keda", f"is only read by engine keda (got {engine})")
-    if a.raw.get("minReplicas") == 0:
+    z = a.child("scaleToZero")
+    min_replicas = _req(a.integer("minReplicas", minimum=0, maximum=1000))
+    if min_replicas == 0 and engine != "builtin":
         raise InvalidSpec(
             "spec.autoscaling.minReplicas",
-            "0 (scale to zero) is not supported yet: it needs the activator that holds "
-            "requests while no replica is ready; use 1",
+            f"0 (scale to zero) needs engine builtin (got {engine}): its activator holds "
+            "requests while no replica is ready and asks for one; an HPA cannot scale to 0 "
+            "and KEDA would drop the requests that arrive meanwhile",
         )
+    if min_replicas != 0 and z.raw:
+        raise InvalidSpec(
+            "spec.autoscaling.scaleToZero", "is only read with minReplicas 0 (scale to zero)"
+        )
+    to_zero = (
+        ScaleToZeroSpec(
+            max_held_requests=_req(z.integer("maxHeldRequests", minimum=1, maximum=100000)),
+            hold_timeout_s=_req(z.integer("holdTimeoutSeconds", minimum=1, maximum=86400)),
+        )
+        if min_replicas == 0
+        else None
+    )
     spec = AutoscalingSpec(
-        min_replicas=_req(a.integer("minReplicas", minimum=1, maximum=1000)),
+        min_replicas=min_replicas,
         max_replicas=_req(a.integer("maxReplicas", minimum=1, maximum=1000, required=True)),
         metric=metric,
         target=_req(a.number("target", minimum=0, exclusive_minimum=True, required=True)),
@@ -551,6 +582,7 @@ def _parse_autoscaling(a: _Reader) -> AutoscalingSpec:
         ),
         engine=engine,
         keda=keda,
+        scale_to_zero=to_zero,
     )
     if spec.min_replicas > spec.max_replicas:
         raise InvalidSpec("spec.autoscaling.minReplicas", "must be <= maxReplicas")

@@ -45,6 +45,7 @@ class Reason:
     REPLICAS_NOT_READY = "ReplicasNotReady"
     WAITING_FOR_DEPLOYMENT = "WaitingForDeployment"
     SCALED_TO_ZERO = "ScaledToZero"
+    ACTIVATING_FROM_ZERO = "ActivatingFromZero"
     MIN_AVAILABLE = "MinimumReplicasAvailable"
     NO_REPLICAS_AVAILABLE = "NoReplicasAvailable"
     AS_EXPECTED = "AsExpected"
@@ -447,6 +448,9 @@ def compute_status(
         ready_c = _cond(READY, False, Reason.INVALID_SPEC, str(obs.invalid), gen)
     elif problems:
         ready_c = _cond(READY, False, problems[0].reason, problems[0].message, gen)
+    elif desired == 0 and scaling is not None and scaling.reason == Reason.SCALED_TO_ZERO:
+        # Scale to zero behind the activator: callers are answered (after a cold start).
+        ready_c = _cond(READY, True, Reason.SCALED_TO_ZERO, scaling.message, gen)
     elif desired == 0:
         ready_c = _cond(READY, False, Reason.SCALED_TO_ZERO, "spec.replicas is 0", gen)
     elif dep is None:

@@ -31,7 +31,9 @@ class Sim:
     def __post_init__(self) -> None:
         self.pods = [0.0] * self.replicas
 
-    def tick(self, demand: float, failed: int = 0, queued: float = 0.0) -> Decision:
+    def tick(
+        self, demand: float, failed: int = 0, queued: float = 0.0, held: float = 0.0
+    ) -> Decision:
         self.at += TICK_S
         ready = sum(1 for p in self.pods if p <= self.at)
         obs = Observation(
@@ -41,6 +43,7 @@ class Sim:
             loading=len(self.pods) - ready,
             failed=failed,
             queued=queued,
+            held=held,
         )
         decision, self.state = decide(self.policy, self.state, obs, self.replicas)
         self.decisions.append(decision)
@@ -233,3 +236,50 @@ def test_rps_metric_text() -> None:
     policy = Policy(min_replicas=1, max_replicas=10, target=50, metric="rps")
     d, _ = decide(policy, State(), Observation(at=1, demand=120.5, ready=1, loading=0), 1)
     assert d.desired == 3 and "120.5 req/s over 1 ready at target 50" in d.why
+
+
+# --- scale to zero (minReplicas 0) ----------------------------------------------------------
+
+
+def _to_zero(**kw: float) -> Policy:
+    return Policy(min_replicas=0, max_replicas=4, target=2, scale_down_window_s=30, **kw)
+
+
+def test_idle_scales_to_zero_only_after_the_stable_and_scale_down_windows() -> None:
+    sim = Sim(_to_zero(), replicas=1)
+    sim.run(59, 0.0)
+    assert sim.replicas == 1  # never before a whole stable window has been seen
+    sim.run(5, 0.0)
+    assert sim.replicas == 0
+
+
+def test_a_held_request_at_zero_asks_for_one_replica_at_the_next_tick() -> None:
+    sim = Sim(_to_zero(), replicas=0)
+    sim.pods = []
+    sim.run(120, 0.0)
+    assert sim.replicas == 0
+    decision = sim.tick(1.0, held=1.0)  # concurrency: held requests are in the demand
+    assert decision.desired == 1
+    assert "held by the activator" in decision.why
+
+
+def test_held_requests_on_rps_ask_for_one_replica_though_no_rate_is_seen() -> None:
+    policy = Policy(min_replicas=0, max_replicas=4, target=10, metric="rps")
+    sim = Sim(policy, replicas=0)
+    sim.pods = []
+    assert sim.tick(0.0, held=3.0).desired == 1
+
+
+def test_a_burst_held_at_zero_sizes_the_first_step() -> None:
+    sim = Sim(_to_zero(), replicas=0)
+    sim.pods = []
+    decision = sim.tick(7.0, held=7.0)  # 7 in flight at target 2
+    assert decision.desired == 4  # at maxReplicas, in one write
+
+
+def test_nothing_scales_to_zero_while_requests_are_held() -> None:
+    sim = Sim(_to_zero(), replicas=1, load_s=1000.0)
+    sim.pods = [1000.0]  # the one replica is still loading
+    for _ in range(200):
+        sim.tick(0.0, held=1.0)
+    assert sim.replicas == 1

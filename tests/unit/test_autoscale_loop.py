@@ -44,6 +44,10 @@ class FakeScraper:
     def __init__(self) -> None:
         self.values: dict[str, PodMetrics | None] = {}
         self.asked: list[list[str]] = []
+        self.activator: dict[str, dict[tuple[str, str], float] | None] = {}
+
+    async def held(self, address: str) -> dict[tuple[str, str], float] | None:
+        return self.activator.get(address)
 
     async def many(self, addresses: Iterable[str]) -> Mapping[str, PodMetrics | None]:
         wanted = list(addresses)
@@ -57,7 +61,12 @@ class FakeScraper:
 Setup = tuple[Autoscaler, FakeScraper, list[int], list[float]]
 
 
-def setup(body: dict[str, Any], pods: list[dict[str, Any]]) -> Setup:
+def setup(
+    body: dict[str, Any],
+    pods: list[dict[str, Any]],
+    activators: list[str] | None = None,
+    routed: bool = True,
+) -> Setup:
     mds = {KEY: [body]}
     writes: list[int] = []
     clock = [0.0]
@@ -70,8 +79,10 @@ def setup(body: dict[str, Any], pods: list[dict[str, Any]]) -> Setup:
         mds,
         {KEY: pods},
         write,
-        scraper=scraper,
-        clock=lambda: clock[0],  # type: ignore[arg-type]
+        scraper=scraper,  # type: ignore[arg-type]
+        clock=lambda: clock[0],
+        activators=lambda: activators,
+        routed=lambda key: routed,
     )
     return scaler, scraper, writes, clock
 
@@ -142,3 +153,55 @@ def test_parse_metrics_reads_the_runtime_exposition() -> None:
         'modelfleet_model_ready{model="m",version="1"} 1.0\n'
     )
     assert parse_metrics(text) == PodMetrics(inflight=7, queued=3, requests=42, ready=True)
+
+
+# --- scale to zero ----------------------------------------------------------------------------
+
+ACT = "10.1.0.5:9090"
+
+
+def test_requests_held_at_zero_bring_one_replica_at_the_next_tick() -> None:
+    scaler, scraper, writes, clock = setup(md(replicas=0, minReplicas=0), [], [ACT])
+    scraper.activator[ACT] = {}
+    for _ in range(3):
+        asyncio.run(scaler.tick())
+        clock[0] += 1
+    assert writes == []
+    report = scaler.report(KEY)
+    assert report is not None and report.active and report.reason == "ScaledToZero"
+    scraper.activator[ACT] = {KEY: 1.0, ("other", "m"): 9.0}  # another MD's are not ours
+    asyncio.run(scaler.tick())
+    assert writes == [1]
+    report = scaler.report(KEY)
+    assert report is not None and report.last_decision is not None
+    assert "1 held by the activator" in report.last_decision
+
+
+def test_idle_scales_to_zero_only_while_the_activator_answers() -> None:
+    body = md(replicas=1, minReplicas=0, scaleDownStabilizationSeconds=0)
+    for activators, answer, routed, want in (
+        ([ACT], {}, True, [0]),
+        (None, {}, True, []),  # no activator configured
+        ([], {}, True, []),  # no activator pod ready
+        ([ACT], None, True, []),  # its /metrics did not answer
+        ([ACT], {}, False, []),  # our slice is not there (yet)
+    ):
+        scaler, scraper, writes, clock = setup(body, [pod("a")], activators, routed)
+        scraper.values["10.0.0.1:8080"] = m(inflight=0)
+        scraper.activator[ACT] = answer
+        for _ in range(70):  # a whole stable window of nothing in flight
+            asyncio.run(scaler.tick())
+            clock[0] += 1
+        assert writes == want, (activators, answer, routed)
+        if not want:
+            report = scaler.report(KEY)
+            assert report is not None and report.desired == 1
+
+
+def test_at_zero_without_an_activator_one_replica_comes_back() -> None:
+    scaler, _scraper, writes, _ = setup(md(replicas=0, minReplicas=0), [], [])
+    asyncio.run(scaler.tick())
+    assert writes == [1]
+    report = scaler.report(KEY)
+    assert report is not None and report.last_decision is not None
+    assert "keeping 1: no activator pod is ready" in report.last_decision

@@ -105,6 +105,10 @@ def test_schema_defaults_agree_with_spec_py() -> None:
         md()["spec"],
         {"model": {"uri": "https://x/y"}},
         md({"autoscaling": {"maxReplicas": 4, "target": 2}})["spec"],
+        md({"autoscaling": {"minReplicas": 0, "maxReplicas": 4, "target": 2}})["spec"],
+        md({"autoscaling": {"minReplicas": 0, "maxReplicas": 4, "target": 2, "scaleToZero": {}}})[
+            "spec"
+        ],
     ):
         defaulted = apply_defaults(spec_schema, raw)
         assert parse_spec(defaulted, name="n") == parse_spec(raw, name="n")

@@ -10,7 +10,9 @@ import pytest
 from modelfleet_operator.diff import differences, list_paths
 from modelfleet_operator.observe import Facts, trim_child, trim_md, trim_node
 from modelfleet_operator.plan import APPLY, DELETE, REPLACE, plan
+from modelfleet_operator.reconcile import PortBook
 from modelfleet_operator.render import RenderConfig
+from modelfleet_operator.render.activator import ActivatorEndpoint, ActivatorRoute
 from modelfleet_operator.status import Reason
 from operator_samples import A100, H100, md, node
 
@@ -371,3 +373,88 @@ def test_owner_references_are_compared_as_a_subset() -> None:
     assert differences(desired, {"metadata": {"ownerReferences": [{"uid": "other"}]}}) == [
         "/metadata/ownerReferences"
     ]
+
+
+# --- scale to zero: the activator's EndpointSlice ------------------------------------------
+
+TO_ZERO = {"autoscaling": {"minReplicas": 0, "maxReplicas": 3, "target": 2}}
+ACTIVATOR = ActivatorRoute(
+    port=20007, endpoints=(ActivatorEndpoint("10.1.0.5", "act-0", "modelfleet-system"),)
+)
+
+
+def _ready_pod(name: str = "p0", ready: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def _slice(p: Any) -> Any:
+    return next(a.desired for a in p.actions if a.kind == "EndpointSlice")
+
+
+def test_at_zero_the_activator_slice_lists_the_activator_on_this_models_port() -> None:
+    p = plan(facts({**TO_ZERO, "replicas": 0}, activator=ACTIVATOR), CONFIG)
+    ep = _slice(p)
+    assert ep["metadata"]["name"] == "resnet"  # never clashes with the controller's generated
+    labels = ep["metadata"]["labels"]
+    assert labels["kubernetes.io/service-name"] == "resnet"
+    assert labels["endpointslice.kubernetes.io/managed-by"] == "activator.modelfleet.io"
+    assert ep["ports"] == [
+        {"name": "http", "port": 20007, "protocol": "TCP", "appProtocol": "http"}
+    ]
+    assert ep["endpoints"][0]["addresses"] == ["10.1.0.5"]
+    assert ep["metadata"]["annotations"]["modelfleet.io/max-held-requests"] == "100"
+    assert ep["metadata"]["annotations"]["modelfleet.io/hold-timeout-seconds"] == "1200"
+
+
+def test_a_ready_replica_takes_the_activator_out_of_the_path() -> None:
+    cold = plan(facts(TO_ZERO, activator=ACTIVATOR, pods=[_ready_pod(ready=False)]), CONFIG)
+    assert _slice(cold)["endpoints"] != []  # loading: callers still go to the activator
+    warm = plan(facts(TO_ZERO, activator=ACTIVATOR, pods=[_ready_pod()]), CONFIG)
+    assert _slice(warm)["endpoints"] == []
+    leaving = _ready_pod()
+    leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    going = plan(facts(TO_ZERO, activator=ACTIVATOR, pods=[leaving]), CONFIG)
+    assert _slice(going)["endpoints"] != []
+
+
+def test_an_empty_live_slice_is_converged_and_no_activator_prunes_ours() -> None:
+    desired = copy.deepcopy(
+        _slice(plan(facts(TO_ZERO, activator=ACTIVATOR, pods=[_ready_pod()]), CONFIG))
+    )
+    desired["metadata"]["uid"] = "u"
+    desired["endpoints"] = None  # how the API server shows an empty list
+    live = {**converged(TO_ZERO), "EndpointSlice": trim_child(desired)}
+    p = plan(facts(TO_ZERO, children=live, activator=ACTIVATOR, pods=[_ready_pod()]), CONFIG)
+    assert [a.kind for a in p.actions] == []
+    gone = plan(facts(TO_ZERO, children=live, pods=[_ready_pod()]), CONFIG)
+    assert [(a.kind, a.op) for a in gone.actions] == [("EndpointSlice", DELETE)]
+
+
+def test_a_strangers_slice_with_our_name_conflicts_only_when_we_want_one() -> None:
+    stranger = trim_child(
+        {"kind": "EndpointSlice", "metadata": {"name": "resnet", "namespace": "ml", "uid": "x"}}
+    )
+    p = plan(facts(children={"EndpointSlice": stranger}), CONFIG)
+    assert not [x for x in p.problems if x.reason == Reason.CHILD_CONFLICT]
+    p = plan(facts(TO_ZERO, children={"EndpointSlice": stranger}, activator=ACTIVATOR), CONFIG)
+    assert [x.reason for x in p.problems] == [Reason.CHILD_CONFLICT]
+    assert "EndpointSlice" not in [a.kind for a in p.actions]
+
+
+def test_port_book_keeps_ports_and_never_hands_one_out_twice() -> None:
+    book = PortBook(port_range=(20000, 20002))
+    a, b, c, d = ("ml", "a"), ("ml", "b"), ("ml", "c"), ("ml", "d")
+    assert book.port_for(a, {}) == 20000
+    assert book.port_for(b, {}) == 20001  # a's slice not seen yet: still taken
+    assert book.port_for(a, {a: 20000}) == 20000
+    assert book.port_for(c, {a: 20000, b: 20001}) == 20002
+    assert book.port_for(d, {a: 20000, b: 20001, c: 20002}) is None  # range full
+    book.release(b)
+    assert book.port_for(d, {a: 20000, c: 20002}) == 20001
+    # After a restart the live slices are the allocation; a clash keeps the first by name.
+    fresh = PortBook(port_range=(20000, 20002))
+    assert fresh.port_for(b, {a: 20000, b: 20000}) == 20001
+    assert fresh.port_for(a, {a: 20000, b: 20000}) == 20000

@@ -143,9 +143,51 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.autoscaling.keda",
     ),
     (
-        "scale to zero (not yet)",
-        {"autoscaling": {"minReplicas": 0, "maxReplicas": 2, "target": 1}},
+        "scale to zero with the HPA",
+        {"autoscaling": {"minReplicas": 0, "maxReplicas": 2, "metric": "cpu", "target": 50}},
         "spec.autoscaling.minReplicas",
+    ),
+    (
+        "scale to zero with KEDA",
+        {
+            "autoscaling": {
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "target": 1,
+                "engine": "keda",
+                "keda": {"serverAddress": "http://p"},
+            }
+        },
+        "spec.autoscaling.minReplicas",
+    ),
+    (
+        "scaleToZero without minReplicas 0",
+        {"autoscaling": {"maxReplicas": 2, "target": 1, "scaleToZero": {"maxHeldRequests": 5}}},
+        "spec.autoscaling.scaleToZero",
+    ),
+    (
+        "no room to hold a request",
+        {
+            "autoscaling": {
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "target": 1,
+                "scaleToZero": {"maxHeldRequests": 0},
+            }
+        },
+        "spec.autoscaling.scaleToZero.maxHeldRequests",
+    ),
+    (
+        "hold timeout zero",
+        {
+            "autoscaling": {
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "target": 1,
+                "scaleToZero": {"holdTimeoutSeconds": 0},
+            }
+        },
+        "spec.autoscaling.scaleToZero.holdTimeoutSeconds",
     ),
     ("device cpu with gpu", {"runtime": {"device": "cpu"}}, "spec.runtime.device"),
     (
@@ -173,6 +215,18 @@ def test_invalid_specs_name_the_field(label: str, patch: dict[str, Any], field: 
     with pytest.raises(InvalidSpec) as err:
         parse(patch)
     assert err.value.field == field, label
+
+
+def test_scale_to_zero_defaults_hold_for_a_gpu_cold_start() -> None:
+    spec = parse({"autoscaling": {"minReplicas": 0, "maxReplicas": 3, "target": 2}})
+    assert spec.autoscaling is not None and spec.autoscaling.to_zero
+    assert spec.autoscaling.engine == "builtin"
+    assert spec.autoscaling.scale_to_zero is not None
+    assert spec.autoscaling.scale_to_zero.max_held_requests == 100
+    assert spec.autoscaling.scale_to_zero.hold_timeout_s == 1200
+    assert spec.desired_replicas() == spec.replicas  # starts at spec.replicas; idle goes to 0
+    zero = parse({"replicas": 0, "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "target": 2}})
+    assert zero.desired_replicas() == 0
 
 
 def test_invalid_name() -> None:

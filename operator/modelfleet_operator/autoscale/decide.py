@@ -15,6 +15,8 @@ Knative-style: demand is averaged over a stable window (60 s) and a panic window
 - scale-down only when both windows want fewer, never before a whole stable window has been seen
   (an operator restart), never while a scrape failed in it (what the failed pod carried is
   unknown), and only to the highest recommendation of the last scaleDownStabilizationSeconds;
+- scale to zero (minReplicas 0): requests held by the activator (``held``) ask for at
+  least one replica at once, and nothing scales to 0 while any are held;
 - scale-up goes to the lowest recommendation of the last scaleUpStabilizationSeconds (0: at
   once).
 
@@ -59,6 +61,9 @@ class Observation:
     loading: int  # pods started and loading the model (capacity on the way)
     failed: int = 0  # pods whose scrape failed (their demand is unknown)
     queued: float = 0.0  # of the demand, waiting for a batch (for the why text)
+    # requests the activator holds while no replica is ready (scale to zero; in the demand
+    # for concurrency): while there are any, at least one replica is wanted
+    held: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -133,9 +138,11 @@ def decide(policy: Policy, state: State, obs: Observation, current: int) -> tupl
     # Up on either window (the short one is what makes a step take seconds), down only when
     # both want fewer: a short dip is no reason to drop a pod that took minutes to load.
     want = max(want_stable, want_panic)
+    if obs.held > 0:
+        want, want_now = max(want, 1), max(want_now, 1)
     raw = _clamp(policy, max(want, want_now, current) if panic else want)
     roomy = max(stable_demand, panic_demand) / (1 - DOWN_TOLERANCE)
-    raw_down = max(raw, _clamp(policy, _want(policy, roomy)))
+    raw_down = max(raw, _clamp(policy, max(_want(policy, roomy), 1 if obs.held > 0 else 0)))
     recommendations = (
         *(r for r in state.recommendations if r[0] > now - keep_s),
         (now, raw, raw_down),
@@ -184,6 +191,17 @@ def decide(policy: Policy, state: State, obs: Observation, current: int) -> tupl
     return Decision(current=current, desired=desired, panic=panic, why=why), new_state
 
 
+def replace_decision(decision: Decision, desired: int, note: str) -> Decision:
+    """The caller's override of the desired count (e.g. no activator to scale to zero)."""
+    why = decision.why.replace(f"{decision.current} -> {decision.desired}:", "", 1).strip()
+    return Decision(
+        current=decision.current,
+        desired=desired,
+        panic=decision.panic,
+        why=f"{decision.current} -> {desired}: {why}{note}",
+    )
+
+
 def _fmt(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:.1f}"
 
@@ -202,6 +220,8 @@ def _why(
         if policy.metric == "concurrency"
         else f"{_fmt(obs.demand)} req/s"
     )
+    if obs.held:
+        what += f", {_fmt(obs.held)} held by the activator"
     pods = f"{obs.ready} ready" + (f" + {obs.loading} loading" if obs.loading else "")
     if obs.failed:
         pods += f", {obs.failed} unscraped"

@@ -14,12 +14,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..spec import AutoscalingSpec, InvalidSpec, parse_spec
-from ..status import ScalingReport
-from .decide import Decision, Observation, Policy, State, decide
+from ..status import Reason, ScalingReport
+from .decide import Decision, Observation, Policy, State, decide, replace_decision
 from .scrape import PodMetrics, Scraper
 
 log = logging.getLogger("modelfleet.autoscaler")
@@ -38,6 +38,10 @@ Resolver = Callable[
 # IP answers nothing).
 SIMULATED_METRICS_ANNOTATION = "modelfleet.io/simulated-metrics-addresses"
 WriteScale = Callable[[str, str, int], Awaitable[Any]]
+# Scale to zero: the ready activator pods' /metrics addresses (None: no activator configured)
+Activators = Callable[[], "Sequence[str] | None"]
+# Whether a ModelDeployment's activator slice exists (callers can reach the activator)
+Routed = Callable[[Key], bool]
 
 
 class Lookup(Protocol):
@@ -108,6 +112,10 @@ class Track:
     report: ScalingReport | None = None
 
 
+def _count(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.1f}"
+
+
 def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -124,6 +132,8 @@ class Autoscaler:
         interval_s: float = INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         notify: Callable[[Key], None] | None = None,
+        activators: Activators | None = None,
+        routed: Routed | None = None,
     ) -> None:
         self.mds = mds
         self.pods = pods
@@ -133,6 +143,8 @@ class Autoscaler:
         self.interval_s = interval_s
         self.clock = clock
         self.notify = notify
+        self.activators = activators
+        self.routed = routed
         self.tracks: dict[Key, Track] = {}
         self.writes = 0
         # The parsed spec per object and generation: parsing every ModelDeployment every
@@ -171,7 +183,31 @@ class Autoscaler:
         wanted = self._builtin()
         for key in [k for k in self.tracks if k not in {w[0] for w in wanted}]:
             del self.tracks[key]  # deleted, or another engine now
-        await asyncio.gather(*(self._one(*w) for w in wanted), return_exceptions=False)
+        held, activator = await self._held(any(w[2].to_zero for w in wanted))
+        await asyncio.gather(
+            *(self._one(*w, held=held, activator=activator) for w in wanted),
+            return_exceptions=False,
+        )
+
+    async def _held(self, needed: bool) -> tuple[dict[Key, float], str | None]:
+        """Requests the activators hold, by ModelDeployment, and why scale to zero cannot
+        be trusted now (None: it can: every ready activator answered)."""
+        if not needed:
+            return {}, None
+        addresses = list(self.activators() or ()) if self.activators else None
+        if addresses is None:
+            return {}, "no activator is configured (operator flag --activator-service)"
+        if not addresses:
+            return {}, "no activator pod is ready"
+        answers = await asyncio.gather(*(self.scraper.held(a) for a in addresses))
+        total: dict[Key, float] = {}
+        for answer in answers:
+            for key, value in (answer or {}).items():
+                total[key] = total.get(key, 0.0) + value
+        failed = sum(1 for a in answers if a is None)
+        if failed:
+            return total, f"{failed} of {len(addresses)} activator pods did not answer /metrics"
+        return total, None
 
     async def run(self) -> None:
         while True:
@@ -182,7 +218,16 @@ class Autoscaler:
                 log.exception("autoscaler tick failed")
             await asyncio.sleep(max(0.05, self.interval_s - (self.clock() - started)))
 
-    async def _one(self, key: Key, md: Mapping[str, Any], auto: AutoscalingSpec, port: int) -> None:
+    async def _one(
+        self,
+        key: Key,
+        md: Mapping[str, Any],
+        auto: AutoscalingSpec,
+        port: int,
+        *,
+        held: Mapping[Key, float],
+        activator: str | None,
+    ) -> None:
         track = self.tracks.setdefault(key, Track())
         policy = policy_of(auto)
         if track.policy != policy:
@@ -198,9 +243,21 @@ class Autoscaler:
         )
         now = self.clock()
         obs = self._observe(track, auto, now, ready, len(loading), addresses, scraped)
+        if auto.to_zero:
+            waiting = held.get(key, 0.0)
+            obs = replace(
+                obs,
+                held=waiting,
+                demand=obs.demand + waiting if auto.metric == "concurrency" else obs.demand,
+            )
+            if activator is None and self.routed is not None and not self.routed(key):
+                activator = "this ModelDeployment's activator EndpointSlice is not there yet"
         current = self._current(track, md, now)
         decision, track.state = decide(policy, track.state, obs, current)
-        await self._act(key, track, decision, obs, now)
+        if auto.to_zero and activator is not None and decision.desired < 1:
+            # Nothing may hold requests at zero: keep (or bring back) one replica.
+            decision = replace_decision(decision, 1, f"; keeping 1: {activator}")
+        await self._act(key, track, decision, obs, now, auto=auto)
 
     def _observe(  # noqa: PLR0917 (one tick's inputs, in the order they are gathered)
         self,
@@ -246,10 +303,30 @@ class Autoscaler:
         return replicas
 
     async def _act(
-        self, key: Key, track: Track, decision: Decision, obs: Observation, now: float
+        self,
+        key: Key,
+        track: Track,
+        decision: Decision,
+        obs: Observation,
+        now: float,
+        *,
+        auto: AutoscalingSpec,
     ) -> None:
         previous = track.report
-        if obs.ready == 0 and obs.failed:
+        hold = auto.scale_to_zero
+        if hold is not None and decision.current == 0 and decision.desired == 0:
+            active, reason = True, Reason.SCALED_TO_ZERO
+            message = (
+                f"no replica runs: the activator holds requests (up to {hold.max_held_requests}"
+                f", {hold.hold_timeout_s}s each) and the first one brings a replica back"
+            )
+        elif hold is not None and obs.ready == 0 and obs.held:
+            active, reason = True, Reason.ACTIVATING_FROM_ZERO
+            message = (
+                f"the activator holds {_count(obs.held)} requests until a replica is ready "
+                f"({obs.loading} loading)"
+            )
+        elif obs.ready == 0 and obs.failed:
             active, reason = False, "FailedGetPodsMetric"
             message = f"no ready pod answered /metrics ({obs.failed} failed)"
         elif obs.ready == 0:

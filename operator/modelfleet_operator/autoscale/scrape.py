@@ -14,6 +14,7 @@ INFLIGHT = "modelfleet_inflight_requests"
 QUEUE = "modelfleet_queue_depth"
 REQUESTS = "modelfleet_requests"  # a counter: samples are modelfleet_requests_total
 READY = "modelfleet_model_ready"
+HELD = "modelfleet_activator_held_requests"  # the activator's, per ModelDeployment
 TIMEOUT_S = 1.0
 CONCURRENCY = 64
 MAX_BYTES = 1 << 20  # a runtime's /metrics is a few KiB; more is not ours
@@ -44,6 +45,18 @@ def parse_metrics(text: str) -> PodMetrics:
     )
 
 
+def parse_held(text: str) -> dict[tuple[str, str], float]:
+    """An activator's /metrics: requests it holds now, by (namespace, ModelDeployment)."""
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != HELD:
+            continue
+        for sample in family.samples:
+            key = (sample.labels.get("namespace", ""), sample.labels.get("name", ""))
+            out[key] = out.get(key, 0.0) + float(sample.value)
+    return out
+
+
 class Scraper:
     """GET http://<address>/metrics for many pods at once; None for a pod that did not
     answer in time, answered an error, or sent something that is not the format."""
@@ -61,16 +74,32 @@ class Scraper:
             )
         return self._session
 
-    async def one(self, address: str) -> PodMetrics | None:
+    async def text(self, address: str, limit: int = MAX_BYTES) -> str | None:
+        """http://<address>/metrics as text; None when it did not answer 200 in time."""
         async with self._limit:
             try:
                 async with self._client().get(f"http://{address}/metrics") as resp:
                     if resp.status != 200:
                         return None
-                    body = await resp.content.read(MAX_BYTES)
-                return parse_metrics(body.decode("utf-8", errors="replace"))
-            except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+                    body = await resp.content.read(limit)
+                return body.decode("utf-8", errors="replace")
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 return None
+
+    async def one(self, address: str) -> PodMetrics | None:
+        text = await self.text(address)
+        try:
+            return parse_metrics(text) if text is not None else None
+        except ValueError:
+            return None
+
+    async def held(self, address: str) -> dict[tuple[str, str], float] | None:
+        """One activator's held requests (its /metrics may list many ModelDeployments)."""
+        text = await self.text(address, limit=16 * MAX_BYTES)
+        try:
+            return parse_held(text) if text is not None else None
+        except ValueError:
+            return None
 
     async def many(self, addresses: Iterable[str]) -> Mapping[str, PodMetrics | None]:
         wanted = list(dict.fromkeys(addresses))
