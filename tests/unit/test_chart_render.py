@@ -93,12 +93,20 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def watch_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The Roles that grant the watched namespaces (not the leader-election one)."""
     return [
-        r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")
+        r
+        for r in by_kind(docs, "Role")
+        if not r["metadata"]["name"].endswith("-leader-election") and not is_activator(r)
     ]
 
 
+def is_activator(doc: dict[str, Any]) -> bool:
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    return labels.get("app.kubernetes.io/component") == "activator"
+
+
 def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = by_kind(docs, kind)
+    """The operator's one object of ``kind`` (the activator's are looked at apart)."""
+    found = [d for d in by_kind(docs, kind) if not is_activator(d)]
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
 
@@ -291,7 +299,12 @@ def test_config_change_rolls_the_operator_pod(helm: Path) -> None:
 
 
 def test_namespace_scope_watches_only_the_listed_namespaces(helm: Path) -> None:
-    docs = template(helm, "operator.scope=namespace", "operator.watchNamespaces={ml,ml-staging}")
+    docs = template(
+        helm,
+        "operator.scope=namespace",
+        "operator.watchNamespaces={ml,ml-staging}",
+        "activator.enabled=false",
+    )
     args = operator_container(docs)["args"]
     assert "--all-namespaces" not in args
     assert [a for a in args if a.startswith("--namespace")] == [
@@ -303,7 +316,7 @@ def test_namespace_scope_watches_only_the_listed_namespaces(helm: Path) -> None:
     bindings = [
         b
         for b in by_kind(docs, "RoleBinding")
-        if not b["metadata"]["name"].endswith("-leader-election")
+        if not b["metadata"]["name"].endswith("-leader-election") and not is_activator(b)
     ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "ml-staging"]
     for b in bindings:
@@ -382,7 +395,7 @@ def test_namespace_scope_keeps_only_cluster_scoped_reads_in_the_cluster_role(hel
     assert set(cluster) == CLUSTER_WIDE
     assert all(v <= {"get", "list", "watch"} for v in cluster.values())
     full = rules_by_resource(one(template(helm), "ClusterRole")["rules"])
-    (role,) = watch_roles(docs)
+    role = next(r for r in watch_roles(docs) if r["metadata"]["namespace"] == "ml")
     namespaced = rules_by_resource(role["rules"])
     # The Role plus the small ClusterRole grant what the cluster-wide role grants, plus the
     # namespace reads kopf needs for --namespace.
@@ -580,7 +593,9 @@ def test_rendered_command_line_is_accepted_by_the_operator_cli(
     assert c["command"] == ["modelfleet-operator"]
     args = build_parser().parse_args(c["args"])
     if "operator.scope=namespace" in values:
-        assert args.namespace == ["ml", "ml-dev"] and not args.all_namespaces
+        # the release namespace too: the activator's endpoints are there
+        assert args.namespace == ["ml", "ml-dev", "modelfleet-system"]
+        assert not args.all_namespaces
     else:
         assert args.all_namespaces and not args.namespace
     # The CLI reads its runtime defaults from the env the chart sets.
@@ -626,3 +641,70 @@ def test_block_owner_deletion_comes_with_finalizers_update(helm: Path) -> None:
         assert rules.get(("modelfleet.io", "modeldeployments/finalizers")) == {"update"}
     else:
         assert ("modelfleet.io", "modeldeployments/finalizers") not in rules
+
+
+# --- the scale-to-zero activator ------------------------------------------------------------
+
+
+def test_activator_runs_the_operator_image_read_only_and_the_operator_points_at_it(
+    helm: Path,
+) -> None:
+    from modelfleet_operator.__main__ import build_parser  # noqa: PLC0415 (code under test)
+
+    docs = template(helm)
+    (dep,) = [d for d in by_kind(docs, "Deployment") if is_activator(d)]
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["modelfleet-activator"]
+    assert c["image"] == operator_container(docs)["image"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Held requests get drainSeconds after SIGTERM, and the kubelet waits longer than that.
+    assert pod["terminationGracePeriodSeconds"] > 30
+    assert dep["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "activator"
+    (svc,) = [d for d in by_kind(docs, "Service") if is_activator(d)]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["metrics"]
+    args = build_parser().parse_args(operator_container(docs)["args"])
+    assert args.activator_service == ("modelfleet-system", svc["metadata"]["name"])
+    assert args.activator_ports == (20000, 29999)
+    # Its only API use is a read of EndpointSlices, under its own ServiceAccount.
+    (role,) = [r for r in by_kind(docs, "ClusterRole") if is_activator(r)]
+    assert rules_by_resource(role["rules"]) == {
+        ("discovery.k8s.io", "endpointslices"): {"list", "watch"}
+    }
+    assert pod["serviceAccountName"] == svc["metadata"]["name"]
+
+
+def test_activator_off_renders_nothing_of_it_and_the_operator_gets_no_flag(helm: Path) -> None:
+    docs = template(helm, "activator.enabled=false")
+    assert not [d for d in docs if is_activator(d)]
+    assert not [a for a in operator_container(docs)["args"] if a.startswith("--activator")]
+
+
+def test_activator_in_namespace_scope_watches_the_release_namespace_too(helm: Path) -> None:
+    docs = template(helm, "operator.scope=namespace", "operator.watchNamespaces={ml}")
+    args = operator_container(docs)["args"]
+    assert [a for a in args if a.startswith("--namespace")] == [
+        "--namespace=ml",
+        "--namespace=modelfleet-system",
+    ]
+    roles = [r for r in by_kind(docs, "Role") if is_activator(r)]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "modelfleet-system"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["activator.ports=1000-2000"], "1024 <= LOW"),
+        (["activator.ports=30000-20000"], "1024 <= LOW"),
+        (["activator.ports=9000-9999"], "inside activator.ports"),
+    ],
+)
+def test_bad_activator_ports_are_refused_with_the_reason(
+    helm: Path, values: list[str], message: str
+) -> None:
+    proc = run_helm(helm, "template", "modelfleet", str(CHART), *sum(
+        (["--set", v] for v in values), []
+    ), check=False)  # fmt: skip
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr

@@ -228,6 +228,9 @@ def test_good_values_render(helm: Path, tmp_path: Path, case: str) -> None:
 OPAQUE_PATHS = {
     "/global",
     "/operator/affinity/nodeAffinity",
+    "/activator/affinity/nodeAffinity",
+    "/activator/affinity/podAffinity",
+    "/activator/affinity/podAntiAffinity",
     "/operator/affinity/podAffinity",
     "/operator/affinity/podAntiAffinity",
     "/operator/extraEnv/*/valueFrom/fieldRef",

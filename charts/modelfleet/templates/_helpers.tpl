@@ -40,6 +40,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* The activator's labels: the chart's, with its own component (never the operator's selector). */}}
+{{- define "modelfleet.activatorSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelfleet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: activator
+{{- end }}
+
+{{- define "modelfleet.activatorLabels" -}}
+helm.sh/chart: {{ include "modelfleet.chart" . }}
+{{ include "modelfleet.activatorSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: modelfleet
+{{- end }}
+
 {{- define "modelfleet.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "modelfleet.fullname" .) .Values.serviceAccount.name }}
@@ -63,17 +78,29 @@ Namespaces the operator watches in namespace scope: watchNamespaces, or the rele
 Rendered as a JSON list so callers can `fromJsonArray` it.
 */}}
 {{- define "modelfleet.watchNamespaces" -}}
+{{- $ns := list .Release.Namespace }}
 {{- if .Values.operator.watchNamespaces }}
-{{- toJson .Values.operator.watchNamespaces }}
-{{- else }}
-{{- toJson (list .Release.Namespace) }}
+{{- $ns = .Values.operator.watchNamespaces }}
+{{- if and .Values.activator.enabled (not (has .Release.Namespace $ns)) }}
+{{- /* the operator reads the activator's endpoints in the release namespace */ -}}
+{{- $ns = append $ns .Release.Namespace }}
 {{- end }}
+{{- end }}
+{{- toJson $ns }}
 {{- end }}
 
 {{/* Cross-field checks the JSON schema cannot phrase clearly. */}}
 {{- define "modelfleet.validate" -}}
 {{- if and (eq .Values.operator.scope "cluster") .Values.operator.watchNamespaces }}
 {{- fail "operator.watchNamespaces is only used with operator.scope=namespace; set operator.scope=namespace or remove operator.watchNamespaces" }}
+{{- end }}
+{{- $lo := (splitList "-" .Values.activator.ports | first | int) }}
+{{- $hi := (splitList "-" .Values.activator.ports | last | int) }}
+{{- if or (lt $lo 1024) (gt $hi 65535) (gt $lo $hi) }}
+{{- fail (printf "activator.ports %q: need LOW-HIGH with 1024 <= LOW <= HIGH <= 65535" .Values.activator.ports) }}
+{{- end }}
+{{- if and (ge (int .Values.activator.metricsPort) $lo) (le (int .Values.activator.metricsPort) $hi) }}
+{{- fail (printf "activator.metricsPort %d is inside activator.ports %s; pick one outside" (int .Values.activator.metricsPort) .Values.activator.ports) }}
 {{- end }}
 {{- if and (gt (int .Values.operator.replicaCount) 1) (not .Values.operator.leaderElection.enabled) }}
 {{- fail "operator.replicaCount > 1 needs operator.leaderElection.enabled=true (otherwise every replica reconciles at once)" }}

@@ -64,6 +64,11 @@ operator as this ServiceAccount and fails on any "forbidden".
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# operator: scale to zero: the activator's EndpointSlice of each scaled-to-zero Service
+# (server-side apply, prune) and a watch of the activator Service's own slices (its pods).
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # operator: watches pods (why Pending, crash messages, GPUs in use on each node).
 - apiGroups: [""]
   resources: ["pods"]
