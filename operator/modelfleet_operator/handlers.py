@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from .autoscale.loop import Autoscaler, pod_addresses, simulated_addresses
+from .coldstart import describe, ready_time, startup_phases
 from .kube import Kube
 from .metrics import OperatorMetrics
 from .observe import (
@@ -39,6 +41,7 @@ from .observe import (
 from .reconcile import Key, PortBook, Reconciler, View, WorkQueue, resync
 from .render.activator import SERVICE_NAME_LABEL
 from .render.common import MANAGED_BY_LABEL, MANAGER, RenderConfig
+from .render.deployment import CONTAINER
 from .spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("modelfleet.operator")
@@ -96,6 +99,9 @@ class Runtime:
     # ports the operator hands out to ModelDeployments on it.
     activator_service: tuple[str, str] | None = None
     activator_ports: tuple[int, int] = (20000, 29999)
+    # Pods whose start was counted (pod_startup), until they are deleted; and when we began.
+    started_pods: set[str] = field(default_factory=set)
+    started_at: float = field(default_factory=time.time)
 
 
 def _rt(memo: Any) -> Runtime:
@@ -126,6 +132,33 @@ def _echo(memo: Any, kind: str, body: kopf.Body) -> bool:
 async def _autoscale(autoscaler: Autoscaler, ready: asyncio.Event) -> None:
     await ready.wait()  # the indexes hold every ModelDeployment and pod
     await autoscaler.run()
+
+
+def _observe_startup(rt: Runtime, body: kopf.Body, event: Mapping[str, Any], nodes: Any) -> None:
+    """Once per pod that became Ready while this operator ran: its start, phase by phase."""
+    uid = str((body.get("metadata") or {}).get("uid") or "")
+    if event.get("type") == "DELETED":
+        rt.started_pods.discard(uid)
+        return
+    if not uid or uid in rt.started_pods:
+        return
+    node_name = (body.get("spec") or {}).get("nodeName")
+    node = next(
+        (n for n in nodes.get(None) or () if (n.get("metadata") or {}).get("name") == node_name),
+        None,
+    )
+    phases = startup_phases(body, node, CONTAINER)
+    if phases is None:
+        return
+    rt.started_pods.add(uid)
+    ready_at = ready_time(body)
+    if ready_at is None or ready_at < rt.started_at - 5:
+        return  # Ready before this process started: counted by an earlier one
+    for phase, seconds in phases.items():
+        rt.metrics.pod_startup.labels(phase).observe(seconds)
+    meta = body.get("metadata") or {}
+    log.info("%s/%s: pod %s ready: %s", meta.get("namespace"), pod_owner(body), meta.get("name"),
+             describe(phases))  # fmt: skip
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -235,10 +268,18 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 queue.add_soon(key, "activator", SETTLE_S)
         return True
 
-    async def on_pod(*, memo: Any, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    async def on_pod(
+        *,
+        memo: Any,
+        body: kopf.Body,
+        namespace: str | None,
+        event: Mapping[str, Any],
+        **kw: Any,
+    ) -> None:
         queue, key = _queue(memo), _key_of(namespace, pod_owner(body))
         if queue is not None and key is not None:
             queue.add_soon(key, "pod", SETTLE_S)
+            _observe_startup(_rt(memo), body, event, kw["mf_nodes"])
 
     kopf.on.event(
         "", "v1", "pods", registry=registry, id="pod", labels={MANAGED_BY_LABEL: MANAGER}

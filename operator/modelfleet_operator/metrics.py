@@ -78,5 +78,16 @@ class OperatorMetrics:
             registry=self.registry,
         )
 
+        self.pod_startup = Histogram(
+            "modelfleet_pod_startup_seconds",
+            "How long serving pods took to become Ready, by phase (node: waiting for a new "
+            "node; scheduling; fetch: the model fetch init container; image: pulling and "
+            "starting the runtime; model_load: start to Ready; total), from the pods' own "
+            "timestamps (one-second resolution). Scale from zero is one of these starts.",
+            ["phase"],
+            registry=self.registry,
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+        )
+
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

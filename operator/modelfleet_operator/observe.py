@@ -175,7 +175,7 @@ def pod_owner(body: Obj) -> str | None:
 def trim_pod(body: Obj) -> dict[str, Any]:
     status = body.get("status") or {}
     return {
-        "metadata": _meta(body, "labels"),
+        "metadata": _meta(body, "labels", "creationTimestamp"),
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
             k: status[k]
@@ -216,6 +216,8 @@ def trim_node(body: Obj) -> dict[str, Any]:
         "metadata": {
             "name": (body.get("metadata") or {}).get("name"),
             "labels": (body.get("metadata") or {}).get("labels") or {},
+            # a node newer than a pod is one the pod waited for (coldstart.py)
+            "creationTimestamp": (body.get("metadata") or {}).get("creationTimestamp"),
         },
         "spec": {"unschedulable": bool((body.get("spec") or {}).get("unschedulable"))},
         "status": {

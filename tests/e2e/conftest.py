@@ -231,8 +231,10 @@ def operator(real_cluster: Kube, tmp_path_factory: pytest.TempPathFactory) -> Ku
     kube = real_cluster
     kube.apply({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": OPERATOR_NS, "labels": RESTRICTED}})  # fmt: skip
-    values = {"operator": {"nodeSelector": {"kubernetes.io/hostname": REAL_NODE},
-                           "tolerations": [TOLERATE], "image": {"tag": IMAGE_TAG}},
+    on_the_node = {"nodeSelector": {"kubernetes.io/hostname": REAL_NODE},
+                   "tolerations": [TOLERATE]}  # fmt: skip
+    values = {"operator": {**on_the_node, "image": {"tag": IMAGE_TAG}},
+              "activator": on_the_node,
               "runtime": {"image": {"tag": IMAGE_TAG}}}  # fmt: skip
     values_file = tmp_path_factory.mktemp("helm") / "values.json"  # JSON is YAML
     values_file.write_text(json.dumps(values))
@@ -245,7 +247,8 @@ def operator(real_cluster: Kube, tmp_path_factory: pytest.TempPathFactory) -> Ku
 
 
 def operator_pod(kube: Kube) -> dict[str, Any]:
-    pods = kube.get("pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=modelfleet")["items"]
+    selector = "app.kubernetes.io/name=modelfleet,app.kubernetes.io/component=operator"
+    pods = kube.get("pods", "-n", OPERATOR_NS, "-l", selector)["items"]
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     if len(live) != 1:
         raise E2EError(f"expected one operator pod, found {[p['metadata']['name'] for p in live]}")

@@ -254,22 +254,23 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
                 "-l",
                 f"app.kubernetes.io/instance={release}",
             )["items"]
-            return [
-                p for p in items if (condition(p, "PodScheduled") or {}).get("status") == "True"
-            ]
+            ok = [p for p in items if (condition(p, "PodScheduled") or {}).get("status") == "True"]
+            return ok if len(ok) == 2 else []
 
         pods = wait_for(
             scheduled,
             timeout=60,
-            what="the operator pod to be admitted and scheduled",
+            what="the operator and activator pods to be admitted and scheduled",
             describe=lambda: (
                 kube_cluster.kubectl("-n", namespace, "get", "events", check=False).stdout
             ),
         )
-        assert len(pods) == 1
-        # No GPU toleration: the operator never takes a GPU node.
-        node = kube_cluster.kubectl_json("get", "node", pods[0]["spec"]["nodeName"])
-        assert "nvidia.com/gpu" not in node["status"].get("allocatable", {})
+        components = sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods)
+        assert components == ["activator", "operator"]
+        # No GPU toleration: neither ever takes a GPU node.
+        for pod in pods:
+            node = kube_cluster.kubectl_json("get", "node", pod["spec"]["nodeName"])
+            assert "nvidia.com/gpu" not in node["status"].get("allocatable", {})
     finally:
         helm.uninstall(release, namespace)
 
