@@ -367,3 +367,23 @@ def test_hpa_cpu_and_rps_metrics() -> None:
 
 def test_render_is_deterministic() -> None:
     assert deployment() == deployment()
+
+
+@pytest.mark.parametrize(
+    ("cpu", "memory", "want"),
+    [
+        ("100m", "256Mi", {"cpu": "100m", "memory": "256Mi"}),  # never above the runtime's
+        ("2", "8Gi", {"cpu": "500m", "memory": "512Mi"}),  # never above what a fetch needs
+        ("0.25", "1Gi", {"cpu": "0.25", "memory": "512Mi"}),
+    ],
+)
+def test_fetch_init_container_never_raises_the_pods_request(
+    cpu: str, memory: str, want: dict[str, str]
+) -> None:
+    from modelfleet_operator.render.deployment import fetch_resources  # noqa: PLC0415
+
+    spec = parse_spec(
+        {"model": {"uri": "s3://b/m"}, "runtime": {"resources": {"cpu": cpu, "memory": memory}}},
+        name="m",
+    )
+    assert fetch_resources(spec)["requests"] == want

@@ -16,6 +16,7 @@ from ..spec import (
     GPU_RESOURCE,
     ModelDeploymentSpec,
     cpu_threads,
+    parse_cpu_or_bytes,
 )
 from .common import (
     STRATEGY_ANNOTATION,
@@ -163,6 +164,28 @@ def serve_args(spec: ModelDeploymentSpec) -> list[str]:
         r.log_level,
     ]
     return args
+
+
+FETCH_CPU, FETCH_MEMORY, FETCH_MEMORY_LIMIT = "500m", "512Mi", "1Gi"
+
+
+def _at_most(wanted: str, cap: str) -> str:
+    value, most = parse_cpu_or_bytes(wanted), parse_cpu_or_bytes(cap)
+    return wanted if value is not None and most is not None and value < most else cap
+
+
+def fetch_resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The fetch init container asks for no more than the runtime does: a pod's request is
+    the larger of its init containers' and the sum of its containers', so a fixed 500m
+    would make every pod of a 100m model need 500m to schedule."""
+    res = spec.runtime.resources
+    return {
+        "requests": {
+            "cpu": _at_most(res.cpu, FETCH_CPU),
+            "memory": _at_most(res.memory, FETCH_MEMORY),
+        },
+        "limits": {"memory": FETCH_MEMORY_LIMIT},
+    }
 
 
 def fetch_args(spec: ModelDeploymentSpec) -> list[str]:
@@ -322,10 +345,7 @@ def render_pod_template(
                 "command": ["modelfleet-runtime"],
                 "args": fetch_args(spec),
                 "env": [{"name": "HOME", "value": "/tmp"}],
-                "resources": {
-                    "requests": {"cpu": "500m", "memory": "512Mi"},
-                    "limits": {"memory": "1Gi"},
-                },
+                "resources": fetch_resources(spec),
                 "securityContext": _container_security(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "volumeMounts": [
