@@ -405,6 +405,9 @@ def test_namespace_scope_installs_roles_in_the_watched_namespace_only(
             namespace,
             "operator.scope=namespace",
             f"operator.watchNamespaces={{{watched}}}",
+            # with the activator on, the release namespace is watched too (its endpoints
+            # are there; test_chart_render covers that): here, exactly the one asked for
+            "activator.enabled=false",
         )
         name = f"{release}-modelfleet"
         as_sa = f"--as=system:serviceaccount:{namespace}:{name}"
