@@ -31,6 +31,7 @@ from .observe import (
     md_key,
     owner_of_child,
     pod_owner,
+    trim_activator_slice,
     trim_child,
     trim_gpu_pod,
     trim_md,
@@ -205,7 +206,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         labels = (body.get("metadata") or {}).get("labels") or {}
         if wanted is None or (namespace, labels.get(SERVICE_NAME_LABEL)) != wanted:
             return {}
-        return {None: trim_child(body)}
+        return {None: trim_activator_slice(body)}
 
     kopf.index("discovery.k8s.io", "v1", "endpointslices", registry=registry, id="mf_activator")(
         index_activator

@@ -114,6 +114,17 @@ def trim_child(body: Obj) -> dict[str, Any]:
     return out
 
 
+def trim_activator_slice(body: Obj) -> dict[str, Any]:
+    """One of the activator Service's EndpointSlices (Kubernetes' controller owns them, so
+    ``trim_child`` would keep a stranger's stub): what ``activator_endpoints`` and
+    ``activator_metrics_port`` read."""
+    return {
+        "kind": "EndpointSlice",
+        "metadata": _meta(body, "labels"),
+        **{k: body.get(k) for k in ("addressType", "ports", "endpoints")},
+    }
+
+
 def is_generated_slice(body: Obj) -> bool:
     """An EndpointSlice made by a controller (named from generateName, as Kubernetes'
     EndpointSlice controller does): never a child's name holder."""

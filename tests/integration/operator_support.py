@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from kube_harness import KubeCluster, wait_for
@@ -87,7 +87,9 @@ class OperatorProcess:
         resync_seconds: float = 20,
         *,
         debug: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        self.extra_args = tuple(extra_args)
         self.cluster = cluster
         self.log_path = log_path
         self.resync = resync_seconds
@@ -117,6 +119,7 @@ class OperatorProcess:
                 "--kubeconfig",
                 str(self.cluster.kubeconfig),
                 *(["--debug"] if self.debug else []),
+                *self.extra_args,
             ],
             env=env,
             stdout=log,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,9 @@ from .routes import Backend, Key, Route, Table
 
 log = logging.getLogger("modelfleet.activator")
 CHUNK = 1 << 16
+CLIENT_CHECK_S = 1.0  # how often a held request looks whether its client is still there
+# the peer shut down its sending side (Linux), or the connection is reset or gone
+_CLOSED_EVENTS = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,20 @@ class Body:
                 )
                 raise self.failure
             yield chunk
+
+
+def _peer_closed(transport: asyncio.BaseTransport) -> bool:
+    """Whether the client closed (or reset) its connection, without reading from it: its
+    unread body may still wait in the kernel's buffer."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return transport.is_closing()
+    poller = select.poll()
+    try:
+        poller.register(sock.fileno(), _CLOSED_EVENTS)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # already closed
+        return True
 
 
 class _Answer:
@@ -243,14 +261,28 @@ class Proxy:
                         "(modelfleet.io/hold-timeout-seconds)",
                     )
                 wait = min(remaining, self.limits.retry_refused_s) if refused else remaining
-                try:
-                    async with asyncio.timeout(wait):
-                        await self._event(key).wait()
-                except TimeoutError:
+                if not await self._wait_change(request, key, wait):
                     refused.clear()
         finally:
             if held:
                 self._unhold(key)
+
+    async def _wait_change(self, request: web.BaseRequest, key: Key, wait: float) -> bool:
+        """Wait up to ``wait`` s for ``key``'s route to change (True) or not (False), looking
+        at the client's connection every CLIENT_CHECK_S: a held request whose body filled
+        aiohttp's buffer has its socket's reading paused, so the client's leaving is not
+        seen by aiohttp and would keep its place in the cap until the hold timeout."""
+        until = asyncio.get_running_loop().time() + wait
+        while (left := until - asyncio.get_running_loop().time()) > 0:
+            try:
+                async with asyncio.timeout(min(left, CLIENT_CHECK_S)):
+                    await self._event(key).wait()
+                return True
+            except TimeoutError:
+                if request.transport is not None and _peer_closed(request.transport):
+                    # aiohttp's connection_lost then cancels this handler (client_gone)
+                    request.transport.abort()
+        return False
 
     def _unhold(self, key: Key) -> None:
         self.admission.release(key)
