@@ -55,7 +55,10 @@ def at_zero(kube: Kube, ns: str, timeout: float) -> dict[str, Any]:
     def zero() -> dict[str, Any] | None:
         md = kube.get("mdep", NAME, "-n", ns)
         ready = condition(md, "Ready")
-        if md["spec"].get("replicas") != 0 or ready.get("reason") != "ScaledToZero":
+        if md["spec"].get("replicas") != 0 or (ready.get("status"), ready.get("reason")) != (
+            "True",
+            "ScaledToZero",
+        ):
             return None
         if serving_pods(kube, ns, NAME):
             return None

@@ -314,7 +314,9 @@ class Autoscaler:
     ) -> None:
         previous = track.report
         hold = auto.scale_to_zero
-        if hold is not None and decision.current == 0 and decision.desired == 0:
+        # The decision for zero is reported at once (not a tick later, when current is 0):
+        # between the two, the status said Ready=False "spec.replicas is 0" (seen in CI).
+        if hold is not None and decision.desired == 0 and not obs.held:
             active, reason = True, Reason.SCALED_TO_ZERO
             message = (
                 f"no replica runs: the activator holds requests (up to {hold.max_held_requests}"
