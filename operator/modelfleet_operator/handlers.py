@@ -26,6 +26,7 @@ from .autoscale.loop import Autoscaler, pod_addresses, simulated_addresses
 from .coldstart import describe, ready_time, startup_phases
 from .kube import Kube
 from .metrics import OperatorMetrics
+from .nodewatch import NodeEventWatch
 from .observe import (
     is_generated_slice,
     md_key,
@@ -128,6 +129,11 @@ def _echo(memo: Any, kind: str, body: kopf.Body) -> bool:
     meta = body.get("metadata") or {}
     what = (kind, str(meta.get("namespace")), str(meta.get("name")))
     return rec is not None and rec.inflight.is_echo(what, str(meta.get("resourceVersion") or ""))
+
+
+async def _watch_node_events(watch: NodeEventWatch, ready: asyncio.Event) -> None:
+    await ready.wait()
+    await watch.run()
 
 
 async def _autoscale(autoscaler: Autoscaler, ready: asyncio.Event) -> None:
@@ -357,11 +363,19 @@ def register(registry: kopf.OperatorRegistry) -> None:
             routed=view.has_activator_slice,
         )
         rt.reconciler.scaling = rt.autoscaler.report
+        # What a node autoscaler says of pending pods (WaitingForNode / NoNodeGroupFits).
+        node_watch = NodeEventWatch(
+            view.pods, kube.list_events, notify=lambda key: queue.add(key, "node-events")
+        )
+        view.node_events = node_watch.for_pods
         rt.tasks = (
             asyncio.create_task(
                 resync(view, rt.queue, rt.resync_seconds, rt.ready), name="modelfleet-resync"
             ),
             asyncio.create_task(_autoscale(rt.autoscaler, rt.ready), name="modelfleet-autoscaler"),
+            asyncio.create_task(
+                _watch_node_events(node_watch, rt.ready), name="modelfleet-node-events"
+            ),
         )
 
     async def cleanup(memo: Any, **_: Any) -> None:

@@ -300,6 +300,19 @@ class Kube:
             body,
         )
 
+    async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
+        """Events in ``namespace`` matching ``field_selector`` (at most 500: the newest
+        matter, and a pod's Events are aggregated by the recorder into a series)."""
+        out = await self._call(
+            "list",
+            "Event",
+            self._api("CoreV1Api").list_namespaced_event,
+            namespace,
+            field_selector=field_selector,
+            limit=500,
+        )
+        return list((out or {}).get("items") or [])
+
     # --- leader election (leader.py) -------------------------------------------------------
 
     async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:

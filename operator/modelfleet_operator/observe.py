@@ -8,9 +8,10 @@ memory, and a reconcile reads the cluster's state without a single GET or LIST.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .nodescale import NodeScaleEvent
 from .render.activator import ActivatorEndpoint, ActivatorRoute
 from .render.common import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER
 from .spec import GROUP, KIND
@@ -258,3 +259,5 @@ class Facts:
     # With scale to zero: the activator's port for this ModelDeployment and its ready pods
     # (None: no activator configured, or no port left in its range)
     activator: ActivatorRoute | None = None
+    # pod name -> the newest node autoscaler Event on it (only pods that wait for a node)
+    node_events: Mapping[str, NodeScaleEvent] = field(default_factory=dict)

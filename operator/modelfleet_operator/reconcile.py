@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -68,6 +68,8 @@ class View:
     pvcs: Lookup  # (namespace, name) -> the claim
     # None -> the activator Service's EndpointSlices (None: no activator configured)
     activator: Lookup | None = None
+    # (namespace, pods) -> the node autoscaler's newest Event per pod (nodewatch.py)
+    node_events: Callable[[str, Sequence[Mapping[str, Any]]], Mapping[str, Any]] | None = None
 
     def activator_pods(self) -> tuple[ActivatorEndpoint, ...] | None:
         if self.activator is None:
@@ -110,6 +112,7 @@ class View:
         uri = str((((md.get("spec") or {}).get("model") or {}).get("uri")) or "")
         claim = _PVC_RE.match(uri)
         nodes = list(self.nodes.get(None) or ())
+        pods = list(self.pods.get(key) or ())
         return Facts(
             md=md,
             children={
@@ -117,7 +120,8 @@ class View:
                 for kind in CHILD_KINDS
                 if (child := _one(self.children[kind].get(key))) is not None
             },
-            pods=list(self.pods.get(key) or ()),
+            pods=pods,
+            node_events=dict(self.node_events(key[0], pods)) if self.node_events else {},
             pvc=_one(self.pvcs.get((key[0], claim.group(1)))) if claim else None,
             # No node at all means the operator cannot see them (RBAC): capacity unknown.
             nodes=nodes or None,
@@ -402,6 +406,7 @@ class Reconciler:
             url=the_plan.url,
             deployment=deployment,
             pods=facts.pods,
+            node_events=facts.node_events,
             problems=problems,
             strategy=strategy,
             scaling=self.scaling((owner.namespace, owner.name)) if self.scaling else None,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .nodescale import WAITING, NodeScaleEvent
 from .render.deployment import CONTAINER, FETCH_CONTAINER, Strategy
 from .spec import InvalidSpec, ModelDeploymentSpec
 
@@ -37,6 +38,9 @@ class Reason:
     MODEL_FETCH_FAILED = "ModelFetchFailed"
     IMAGE_PULL_FAILED = "ImagePullFailed"
     UNSCHEDULABLE = "Unschedulable"
+    # A node autoscaler's word on a pending pod (nodescale.py)
+    WAITING_FOR_NODE = "WaitingForNode"
+    NO_NODE_GROUP_FITS = "NoNodeGroupFits"
     APPLY_FAILED = "ApplyFailed"
     CHILD_CONFLICT = "ChildConflict"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
@@ -70,6 +74,7 @@ _SEVERITY = [
     Reason.IMAGE_PULL_FAILED,
     Reason.MODEL_FETCH_FAILED,
     Reason.MODEL_LOAD_FAILED,
+    Reason.NO_NODE_GROUP_FITS,
     Reason.INSUFFICIENT_GPU,
     Reason.UNSCHEDULABLE,
     Reason.PROGRESS_DEADLINE_EXCEEDED,
@@ -214,6 +219,8 @@ class Observed:
     scaling: ScalingReport | None = None
     hpa: Mapping[str, Any] | None = None
     scaled_object: Mapping[str, Any] | None = None
+    # pod name -> the newest node autoscaler Event on it (nodewatch.py)
+    node_events: Mapping[str, NodeScaleEvent] = field(default_factory=dict)
 
 
 def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -227,6 +234,9 @@ _NODES_RE = re.compile(r"^(\d+)/(\d+) nodes are available")
 # unrelated "not found", e.g. of a StorageClass), so "not found" alone decides nothing.
 _PVC_MISSING_RE = re.compile(r'persistentvolumeclaim "[^"]*" not found', re.IGNORECASE)
 _PVC_REASONS = (Reason.MODEL_PVC_NOT_FOUND, Reason.MODEL_PVC_NOT_BOUND)
+# Pending for want of a node: what a node autoscaler can change (and speaks about).
+_NODE_FIXABLE = (Reason.INSUFFICIENT_GPU, Reason.UNSCHEDULABLE)
+_NODE_AUTOSCALER = (Reason.WAITING_FOR_NODE, Reason.NO_NODE_GROUP_FITS)
 
 
 def _pending_problem(pod: Mapping[str, Any], spec: ModelDeploymentSpec | None) -> Problem | None:
@@ -296,18 +306,30 @@ def _container_problem(pod: Mapping[str, Any]) -> Problem | None:
 
 
 def diagnose_pods(
-    pods: Sequence[Mapping[str, Any]], spec: ModelDeploymentSpec | None
+    pods: Sequence[Mapping[str, Any]],
+    spec: ModelDeploymentSpec | None,
+    node_events: Mapping[str, NodeScaleEvent] | None = None,
 ) -> list[Problem]:
     """One problem per distinct reason, from pods that are not being deleted."""
     found: dict[str, Problem] = {}
     counts: dict[str, int] = {}
     for pod in pods:
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
             continue
         phase = (pod.get("status") or {}).get("phase")
         problem = _container_problem(pod)
         if problem is None and phase == "Pending":
             problem = _pending_problem(pod, spec)
+            said = (node_events or {}).get(str(meta.get("name")))
+            if said is not None and problem is not None and problem.reason in _NODE_FIXABLE:
+                # The scheduler found no node; the node autoscaler says what it does about it.
+                problem = Problem(
+                    Reason.WAITING_FOR_NODE
+                    if said.outcome == WAITING
+                    else Reason.NO_NODE_GROUP_FITS,
+                    _truncate(f"{said.describe()} (scheduler: {problem.message})"),
+                )
         if problem is not None:
             found.setdefault(problem.reason, problem)
             counts[problem.reason] = counts.get(problem.reason, 0) + 1
@@ -409,12 +431,20 @@ def compute_status(
     dep_current = dep is not None and int(
         ((dep.get("status") or {}).get("observedGeneration")) or 0
     ) >= int((dep.get("metadata") or {}).get("generation") or 0)
-    from_pods = diagnose_pods(obs.pods, spec)
+    from_pods = diagnose_pods(obs.pods, spec, obs.node_events)
+    judged = list(obs.problems)
+    if any(p.reason in _NODE_AUTOSCALER for p in from_pods):
+        # A node autoscaler acts on the pending pods: that no node offers the GPU today (the
+        # operator's view of the nodes there are) is no longer the news.
+        judged = [p for p in judged if p.reason != Reason.GPU_PRODUCT_UNAVAILABLE]
+    if any(p.reason == Reason.WAITING_FOR_NODE for p in from_pods):
+        # pods without an Event yet wait for the same node group
+        from_pods = [p for p in from_pods if p.reason not in _NODE_FIXABLE]
     if any(p.reason in _PVC_REASONS for p in obs.problems):
         # The operator looked at the claim itself; the scheduler's words about it are stale
         # or vaguer.
         from_pods = [p for p in from_pods if p.reason not in _PVC_REASONS]
-    problems = list(obs.problems) + from_pods
+    problems = judged + from_pods
     failure = _replica_failure(dep, spec)
     if failure is not None:
         problems.append(failure)
@@ -532,15 +562,17 @@ def compute_status(
             gen,
         )
 
-    # Degraded: something is wrong that will not fix itself by waiting a little.
+    # Degraded: something is wrong that will not fix itself by waiting a little (a node on
+    # its way will).
+    wrong = [p for p in problems if p.reason != Reason.WAITING_FOR_NODE]
     if obs.invalid is not None:
         deg_c = _cond(DEGRADED, True, Reason.INVALID_SPEC, str(obs.invalid), gen)
-    elif problems:
+    elif wrong:
         deg_c = _cond(
             DEGRADED,
             True,
-            problems[0].reason,
-            "; ".join(f"{p.reason}: {p.message}" for p in problems),
+            wrong[0].reason,
+            "; ".join(f"{p.reason}: {p.message}" for p in wrong),
             gen,
         )
     else:

@@ -77,8 +77,10 @@ operator as this ServiceAccount and fails on any "forbidden".
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["list", "watch"]
-# operator and kopf: Events on ModelDeployments (kopf only posts, never updates).
+# operator and kopf: Events on ModelDeployments (kopf only posts, never updates); list: a
+# node autoscaler's Events on pending serving pods (TriggeredScaleUp, Nominated, ...), read
+# only while a pod waits for a node.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end }}

@@ -369,9 +369,16 @@ def render_pod_template(
         "prometheus.io/port": str(spec.service.port),
         "prometheus.io/path": "/metrics",
         "kubectl.kubernetes.io/default-container": CONTAINER,
+        # Cluster Autoscaler never removes a node whose pods have emptyDir volumes unless they
+        # are named here: ours hold only what a new pod fetches again (the model cache,
+        # scratch, shared memory), so an idle GPU node may go.
+        SAFE_TO_EVICT_LOCAL_VOLUMES: ",".join(v["name"] for v in pod["volumes"] if "emptyDir" in v),
         **passthrough_annotations(owner),
     }
     return {"metadata": {"labels": labels(owner, spec), "annotations": annotations}, "spec": pod}
+
+
+SAFE_TO_EVICT_LOCAL_VOLUMES = "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
 
 
 def template_hash(template: Mapping[str, Any]) -> str:
