@@ -19,12 +19,13 @@ CLUSTER_RECIPE_REV=1
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
+# Lines naming karpenter are not hashed: karpenter-kwok's stamp file rebuilds it alone (versions.env).
 cluster_cache_key() {
   local go_version
   command -v go >/dev/null 2>&1 || die "go is not on PATH; install Go >= 1.26 (needed to build the cluster binaries)"
   go_version="$(go env GOVERSION GOOS GOARCH | tr '\n' ' ')"
   local digest
-  digest="$( { cat "${CLUSTER_HACK_DIR}/versions.env"; echo "${go_version}"; echo "rev=${CLUSTER_RECIPE_REV}"; } \
+  digest="$( { grep -vi karpenter "${CLUSTER_HACK_DIR}/versions.env"; echo "${go_version}"; echo "rev=${CLUSTER_RECIPE_REV}"; } \
     | sha256sum | cut -c1-12)"
   echo "k8s-${KUBERNETES_VERSION}-${digest}"
 }
