@@ -185,6 +185,28 @@ def _converged(k: KubeCluster, namespace: str) -> str | None:
     return None
 
 
+def _describe_storm(k: KubeCluster, namespace: str, operator: OperatorProcess) -> str:
+    """What is off, the children's own state as the API serves it, and the operator's log."""
+    deps = [
+        (
+            d["metadata"]["name"],
+            d["metadata"].get("generation"),
+            {key: value for key, value in (d.get("status") or {}).items() if key != "conditions"},
+            [
+                (c.get("type"), c.get("status"), c.get("reason"))
+                for c in (d.get("status") or {}).get("conditions") or []
+            ],
+        )
+        for d in k.kubectl_json("-n", namespace, "get", "deployments")["items"]
+    ]
+    listing = k.kubectl("-n", namespace, "get", "rs,pods", "-o", "wide", check=False).stdout
+    return (
+        f"{_converged(k, namespace)}\ndeployments (name, generation, status, conditions):\n"
+        + "\n".join(map(str, deps))
+        + f"\n{listing}\n{operator.log_tail(60)}"
+    )
+
+
 @pytest.mark.slow
 def test_sigkill_during_a_storm_converges_every_time(
     kube_cluster: KubeCluster, namespace: str, operator: OperatorProcess
@@ -209,7 +231,7 @@ def test_sigkill_during_a_storm_converges_every_time(
             timeout=120,
             interval=0.5,
             what=f"trial {trial}: convergence after SIGKILL ({len(done)} storm ops)",
-            describe=lambda: f"{_converged(k, namespace)}\n{operator.log_tail(40)}",
+            describe=lambda: _describe_storm(k, namespace, operator),
         )
         operator.stop()
     text = operator.log_path.read_text(errors="replace")
