@@ -18,7 +18,12 @@ from . import ha, handlers
 from .kube import Kube, make_api_client
 from .leader import LEASE_NAME, LeaderElector
 from .metrics import OperatorMetrics
-from .render.common import DEFAULT_RUNTIME_IMAGE, RenderConfig
+from .render.common import (
+    DEFAULT_PAUSE_IMAGE,
+    DEFAULT_RUNTIME_IMAGE,
+    DEFAULT_WARM_PRIORITY_CLASS,
+    RenderConfig,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("MODELFLEET_RUNTIME_IMAGE_PULL_POLICY", "IfNotPresent"),
         choices=("Always", "IfNotPresent", "Never"),
         help="pull policy of that image [env MODELFLEET_RUNTIME_IMAGE_PULL_POLICY]",
+    )
+    p.add_argument(
+        "--warm-capacity-priority-class",
+        default=DEFAULT_WARM_PRIORITY_CLASS,
+        help="PriorityClass of spec.warmCapacity's placeholder pods; it must exist, with a "
+        "value below the serving pods' (the chart makes one, value -1) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--warm-capacity-image",
+        default=DEFAULT_PAUSE_IMAGE,
+        help="image of the placeholder pods' pause containers (default: %(default)s)",
     )
     p.add_argument(
         "--liveness",
@@ -204,7 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime = handlers.Runtime(
         kube_factory=kube,
         config=RenderConfig(
-            runtime_image=args.runtime_image, image_pull_policy=args.runtime_image_pull_policy
+            runtime_image=args.runtime_image,
+            image_pull_policy=args.runtime_image_pull_policy,
+            warm_capacity_priority_class=args.warm_capacity_priority_class,
+            warm_capacity_image=args.warm_capacity_image,
         ),
         metrics=metrics,
         workers=args.workers,

@@ -28,6 +28,7 @@ from .spec import (
     KIND,
     LOG_LEVELS,
     MAX_NAME_LENGTH,
+    MAX_WARM_REPLICAS,
     METRICS,
     MIG_PATTERN,
     MODEL_NAME_PATTERN,
@@ -578,6 +579,22 @@ def spec_schema() -> Schema:
                 },
                 default={},
             ),
+            "warmCapacity": obj(
+                "Room kept ready for more replicas, so a scale-up does not wait for a node: "
+                "placeholder pods (a pause container each) that ask for exactly what one "
+                "serving pod asks for (GPUs, CPU, memory, the same node selection) at a "
+                "negative priority, so the scheduler evicts one the moment a real replica "
+                "needs its room, and a node autoscaler brings a node up for the displaced "
+                "placeholder. Costs what the held nodes cost while idle.",
+                {
+                    "replicas": integer(
+                        "Serving pods' worth of room to hold (0: none).",
+                        minimum=0,
+                        maximum=MAX_WARM_REPLICAS,
+                        **_d("warmCapacity.replicas"),
+                    ),
+                },
+            ),
         },
         required=["model"],
         rules=[
@@ -652,6 +669,14 @@ def status_schema() -> Schema:
                         '(2 queued) over 3 ready at target 4, panic" (builtin).'
                     ),
                     "lastDecisionTime": string("When it was made.", format="date-time"),
+                },
+            ),
+            "warmCapacity": obj(
+                "The placeholder pods of spec.warmCapacity.",
+                {
+                    "replicas": integer("Placeholder pods wanted."),
+                    "readyReplicas": integer("Placeholder pods holding room on a node."),
+                    "message": string("Why room is missing, when it is."),
                 },
             ),
             "rolloutStrategy": string("The Deployment strategy the operator chose and why."),

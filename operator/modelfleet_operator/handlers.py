@@ -39,11 +39,13 @@ from .observe import (
     trim_node,
     trim_pod,
     trim_pvc,
+    warm_key,
 )
 from .reconcile import Key, PortBook, Reconciler, View, WorkQueue, resync
 from .render.activator import SERVICE_NAME_LABEL
 from .render.common import MANAGED_BY_LABEL, MANAGER, RenderConfig
 from .render.deployment import CONTAINER
+from .render.warm import KIND as WARM_KIND
 from .spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("modelfleet.operator")
@@ -79,6 +81,7 @@ INDEX = {
     "HorizontalPodAutoscaler": "mf_hpas",
     "ScaledObject": "mf_scaledobjects",
     "EndpointSlice": "mf_endpointslices",
+    WARM_KIND: "mf_warm",
 }
 
 
@@ -127,8 +130,12 @@ def _echo(memo: Any, kind: str, body: kopf.Body) -> bool:
     the reconcile that wrote it already used the API's answer)."""
     rec = _rt(memo).reconciler
     meta = body.get("metadata") or {}
-    what = (kind, str(meta.get("namespace")), str(meta.get("name")))
-    return rec is not None and rec.inflight.is_echo(what, str(meta.get("resourceVersion") or ""))
+    rv = str(meta.get("resourceVersion") or "")
+    whats = [(kind, str(meta.get("namespace")), str(meta.get("name")))]
+    warm = warm_key(body) if kind == "Deployment" else None
+    if warm is not None:  # named <md>-warm: maybe that one's placeholder Deployment
+        whats.append((WARM_KIND, *warm))
+    return rec is not None and any(rec.inflight.is_echo(what, rv) for what in whats)
 
 
 async def _watch_node_events(watch: NodeEventWatch, ready: asyncio.Event) -> None:
@@ -194,6 +201,14 @@ def register(registry: kopf.OperatorRegistry) -> None:
     for kind, resource in CHILDREN.items():
         kopf.index(*resource, registry=registry, id=INDEX[kind])(index_child)
 
+    async def index_warm(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        # spec.warmCapacity's placeholder Deployment, filed under its ModelDeployment (it is
+        # in mf_deployments too, by its own name: a ModelDeployment named like it conflicts).
+        key = warm_key(body)
+        return {key: trim_child(body)} if key is not None else {}
+
+    kopf.index(*CHILDREN["Deployment"], registry=registry, id=INDEX[WARM_KIND])(index_warm)
+
     async def index_pod(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, Any]:
         owner = pod_owner(body)
         return {(namespace, owner): trim_pod(body)} if owner and namespace else {}
@@ -247,14 +262,16 @@ def register(registry: kopf.OperatorRegistry) -> None:
             return
         if kind == "EndpointSlice" and is_generated_slice(body):
             return  # a Service's own endpoints: pod events already tell
-        queue, key = _queue(memo), _key_of(namespace, owner_of_child(body))
-        if (
-            queue is not None
-            and key is not None
-            and key in kw[INDEX["ModelDeployment"]]
-            and (not _echo(memo, kind, body))
-        ):
-            queue.add_soon(key, f"child-{body.get('kind')}", SETTLE_S)
+        queue = _queue(memo)
+        keys = {_key_of(namespace, owner_of_child(body))}
+        if kind == "Deployment":
+            keys.add(warm_key(body))  # the placeholder Deployment of <md>, if <md>-warm
+        mds = kw[INDEX["ModelDeployment"]]
+        if queue is None or _echo(memo, kind, body):
+            return
+        for key in keys:
+            if key is not None and key in mds:
+                queue.add_soon(key, f"child-{kind}", SETTLE_S)
 
     for kind, resource in CHILDREN.items():
         kopf.on.event(*resource, registry=registry, id=f"child-{kind}")(on_child)
@@ -332,7 +349,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         rt = _rt(memo)
         view = View(
             mds=kwargs[INDEX["ModelDeployment"]],
-            children={kind: kwargs[INDEX[kind]] for kind in CHILDREN},
+            children={kind: kwargs[INDEX[kind]] for kind in (*CHILDREN, WARM_KIND)},
             pods=kwargs["mf_pods"],
             gpu_pods=kwargs["mf_gpu_pods"],
             nodes=kwargs["mf_nodes"],

@@ -14,6 +14,9 @@ from typing import Any
 from .nodescale import NodeScaleEvent
 from .render.activator import ActivatorEndpoint, ActivatorRoute
 from .render.common import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER
+from .render.warm import COMPONENT as WARM_COMPONENT
+from .render.warm import KIND as WARM_KIND
+from .render.warm import NAME_SUFFIX as WARM_SUFFIX
 from .spec import GROUP, KIND
 
 Obj = Mapping[str, Any]
@@ -26,9 +29,10 @@ CHILD_KINDS = (
     "HorizontalPodAutoscaler",
     "ScaledObject",  # KEDA's (engine keda); unwatched where KEDA's CRD is not installed
     "EndpointSlice",  # the activator's, with scale to zero (render/activator.py)
+    WARM_KIND,  # spec.warmCapacity's placeholder Deployment, named <name>-warm (render/warm.py)
 )
 # Kinds only some ModelDeployments want: a stranger holding the name conflicts only then.
-OPTIONAL_KINDS = ("EndpointSlice",)
+OPTIONAL_KINDS = ("EndpointSlice", WARM_KIND)
 GPU_RESOURCE_PREFIX = "nvidia.com/"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
@@ -161,6 +165,32 @@ def activator_metrics_port(body: Obj, name: str = "metrics") -> int | None:
     return None
 
 
+def warm_key(body: Obj) -> tuple[str, str] | None:
+    """The ModelDeployment a Deployment named ``<name>-warm`` would be the placeholder
+    Deployment of, whoever holds it (a stranger's is a conflict, so it is filed too)."""
+    meta = body.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    if len(name) <= len(WARM_SUFFIX) or not name.endswith(WARM_SUFFIX):
+        return None
+    return (str(meta.get("namespace") or ""), name.removesuffix(WARM_SUFFIX))
+
+
+def child_object(kind: str, md_name: str) -> tuple[str, str]:
+    """The API kind and the name of a ModelDeployment's child of plan kind ``kind``."""
+    if kind == WARM_KIND:
+        return ("Deployment", md_name + WARM_SUFFIX)
+    return (kind, md_name)
+
+
+def is_placeholder(body: Obj) -> bool:
+    """A warm-capacity placeholder pod: room held, not a GPU in use."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return bool(
+        labels.get(MANAGED_BY_LABEL) == MANAGER
+        and labels.get("app.kubernetes.io/component") == WARM_COMPONENT
+    )
+
+
 def owner_of_child(body: Obj) -> str | None:
     """The ModelDeployment a child event concerns: its controller, or the name it holds."""
     return _md_owner(body) or (body.get("metadata") or {}).get("name")
@@ -210,6 +240,8 @@ def trim_gpu_pod(body: Obj) -> dict[str, Any] | None:
     phase = (body.get("status") or {}).get("phase")
     if not spec.get("nodeName") or phase in TERMINAL_PHASES:
         return None
+    if is_placeholder(body):
+        return None  # a serving pod takes its room at once (it preempts it): free for plans
     containers = [{"resources": {"limits": _gpu_limits(c)}} for c in spec.get("containers") or []]
     inits = [{"resources": {"limits": _gpu_limits(c)}} for c in spec.get("initContainers") or []]
     if not any(c["resources"]["limits"] for c in containers + inits):

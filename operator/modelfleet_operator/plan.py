@@ -10,8 +10,8 @@ from typing import Any
 
 from .capacity import gpu_capacity
 from .diff import differences, list_paths
-from .observe import CHILD_KINDS, OPTIONAL_KINDS, Facts, is_ours
-from .render import Owner, RenderConfig, Strategy, render_all
+from .observe import CHILD_KINDS, OPTIONAL_KINDS, Facts, child_object, is_ours
+from .render import Owner, RenderConfig, Strategy, child_kind, render_all
 from .render.activator import render_activator_slice
 from .render.deployment import (
     choose_strategy,
@@ -64,7 +64,7 @@ def plan(facts: Facts, config: RenderConfig) -> Plan:
     except InvalidSpec as exc:
         return Plan(owner, invalid=exc, problems=tuple(_conflicts(facts, owner)))
     strategy = _strategy(owner, spec, facts, config)
-    children = {c["kind"]: c for c in render_all(owner, spec, config, strategy)}
+    children = {child_kind(c): c for c in render_all(owner, spec, config, strategy)}
     if spec.autoscaling is not None and spec.autoscaling.to_zero and facts.activator is not None:
         children["EndpointSlice"] = render_activator_slice(
             owner, spec, facts.activator, serving=serving(spec, facts)
@@ -123,12 +123,13 @@ def _conflicts(facts: Facts, owner: Owner, wanted: set[str] | None = None) -> li
         if kind in OPTIONAL_KINDS and (wanted is None or kind not in wanted):
             continue  # e.g. someone's EndpointSlice named like us: only ours if we want one
         if live is not None and not is_ours(live, owner.uid):
+            api_kind, name = child_object(kind, owner.name)
             out.append(
                 Problem(
                     Reason.CHILD_CONFLICT,
                     (
-                        f"{kind} {owner.name} exists and is not controlled by this "
-                        f"ModelDeployment; rename the ModelDeployment or delete that {kind}"
+                        f"{api_kind} {name} exists and is not controlled by this "
+                        f"ModelDeployment; rename the ModelDeployment or delete that {api_kind}"
                     ),
                 )
             )

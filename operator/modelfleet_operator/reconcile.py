@@ -27,6 +27,7 @@ from .observe import (
     Facts,
     activator_endpoints,
     activator_metrics_port,
+    child_object,
     is_ours,
     trim_child,
 )
@@ -34,6 +35,7 @@ from .plan import APPLY, DELETE, REPLACE, Action, Plan, plan
 from .render import Owner, RenderConfig, Strategy
 from .render.activator import ActivatorEndpoint, ActivatorRoute, allocate_port, slice_port
 from .render.common import STRATEGY_ANNOTATION, selector_string
+from .render.warm import KIND as WARM_KIND
 from .status import Observed, Problem, Reason, ScalingReport, compute_status, status_changed
 
 log = logging.getLogger("modelfleet.operator")
@@ -118,7 +120,8 @@ class View:
             children={
                 kind: child
                 for kind in CHILD_KINDS
-                if (child := _one(self.children[kind].get(key))) is not None
+                if kind in self.children
+                and (child := _one(self.children[kind].get(key))) is not None
             },
             pods=pods,
             node_events=dict(self.node_events(key[0], pods)) if self.node_events else {},
@@ -346,10 +349,11 @@ class Reconciler:
         payload = _fingerprint(action.desired) if action.desired is not None else action.op
         if self.inflight.pending(what, live_rv, payload):
             return self.inflight.answers.get(what)
+        api_kind, name = child_object(action.kind, owner.name)
         if action.op == DELETE:
             live = action.live or {}
             uid = str((live.get("metadata") or {}).get("uid") or "")
-            if await self.kube.delete(action.kind, owner.namespace, owner.name, uid):
+            if await self.kube.delete(api_kind, owner.namespace, name, uid):
                 self.metrics.prunes.labels(action.kind).inc()
                 log.info("%s/%s: pruned %s", *key, action.kind)
             self.inflight.remember(what, live_rv, payload)
@@ -364,9 +368,9 @@ class Reconciler:
                 ", ".join(action.lists),
             )
             await self.kube.replace_lists(
-                action.kind,
+                api_kind,
                 owner.namespace,
-                owner.name,
+                name,
                 live_rv,
                 [(p, value_at(action.desired, p)) for p in action.lists],
             )
@@ -412,6 +416,7 @@ class Reconciler:
             scaling=self.scaling((owner.namespace, owner.name)) if self.scaling else None,
             hpa=_ours(children.get("HorizontalPodAutoscaler"), owner.uid),
             scaled_object=_ours(children.get("ScaledObject"), owner.uid),
+            warm=_ours(children.get(WARM_KIND), owner.uid),
         )
 
     async def _write_status(self, facts: Facts, observed: Observed) -> bool:

@@ -84,8 +84,12 @@ DEFAULTS: dict[str, Any] = {
     "scheduling.topologySpread.maxSkew": 1,
     "scheduling.topologySpread.whenUnsatisfiable": "ScheduleAnyway",
     "service.port": 8080,
+    "warmCapacity.replicas": 0,
     "service.type": "ClusterIP",
 }
+
+# Placeholder pods per ModelDeployment (spec.warmCapacity.replicas): each can hold a node.
+MAX_WARM_REPLICAS = 64
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -249,6 +253,14 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class WarmCapacitySpec:
+    """Room kept for ``replicas`` more serving pods: low-priority placeholder pods that ask
+    for what a serving pod asks for, preempted the moment a real replica needs the room."""
+
+    replicas: int
+
+
+@dataclass(frozen=True)
 class ModelDeploymentSpec:
     model: ModelSpec
     runtime: RuntimeSpec
@@ -258,6 +270,7 @@ class ModelDeploymentSpec:
     service: ServiceSpec
     gpu: GPUSpec | None = None
     autoscaling: AutoscalingSpec | None = None
+    warm_capacity: WarmCapacitySpec | None = None
 
     def desired_replicas(self) -> int:
         """Replicas the Deployment should run now.
@@ -430,6 +443,8 @@ def parse_spec(raw: Mapping[str, Any] | None, *, name: str) -> ModelDeploymentSp
     sched = spec.child("scheduling")
     spread = sched.child("topologySpread")
     service = spec.child("service")
+    warm = spec.child("warmCapacity")
+    warm_replicas = _req(warm.integer("replicas", minimum=0, maximum=MAX_WARM_REPLICAS))
     return ModelDeploymentSpec(
         model=model,
         runtime=runtime,
@@ -455,6 +470,7 @@ def parse_spec(raw: Mapping[str, Any] | None, *, name: str) -> ModelDeploymentSp
             port=_req(service.integer("port", minimum=1, maximum=65535)),
             type=_req(service.text("type", choices=SERVICE_TYPES)),
         ),
+        warm_capacity=WarmCapacitySpec(warm_replicas) if warm_replicas else None,
     )
 
 

@@ -59,6 +59,7 @@ class Reason:
     NO_PODS_TO_SCRAPE = "NoPodsToScrape"
     FAILED_UPDATE_SCALE = "FailedUpdateScale"
     WAITING_FOR_AUTOSCALER = "WaitingForAutoscaler"
+    WARM_CAPACITY_UNAVAILABLE = "WarmCapacityUnavailable"
 
 
 # Worst first: the first problem found names the Ready/Degraded reason.
@@ -221,6 +222,8 @@ class Observed:
     scaled_object: Mapping[str, Any] | None = None
     # pod name -> the newest node autoscaler Event on it (nodewatch.py)
     node_events: Mapping[str, NodeScaleEvent] = field(default_factory=dict)
+    # spec.warmCapacity's placeholder Deployment (ours), as the watch last saw it
+    warm: Mapping[str, Any] | None = None
 
 
 def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -405,6 +408,40 @@ def _replica_failure(
     return None
 
 
+def _warm_status(obs: Observed) -> tuple[dict[str, Any] | None, Problem | None]:
+    """status.warmCapacity, and a problem when its pods cannot even be created (a missing
+    PriorityClass): room that will never be held, which waiting does not fix."""
+    wanted = obs.spec.warm_capacity if obs.spec is not None else None
+    if wanted is None:
+        return None, None
+    dep = obs.warm
+    st = (dep or {}).get("status") or {}
+    ready = int(st.get("readyReplicas") or 0)
+    # message None: a merge patch's null, so a message that no longer holds goes
+    out: dict[str, Any] = {"replicas": wanted.replicas, "readyReplicas": ready, "message": None}
+    problem = None
+    failure = next(
+        (
+            c
+            for c in st.get("conditions") or []
+            if c.get("type") == "ReplicaFailure" and c.get("status") == "True"
+        ),
+        None,
+    )
+    if dep is None:
+        out["message"] = "waiting for the placeholder Deployment to be created"
+    elif failure is not None:
+        why = str(failure.get("message") or failure.get("reason") or "pods cannot be created")
+        out["message"] = _truncate(f"placeholder pods cannot be created: {why}")
+        problem = Problem(Reason.WARM_CAPACITY_UNAVAILABLE, out["message"])
+    elif ready < wanted.replicas:
+        out["message"] = (
+            f"{wanted.replicas - ready} of {wanted.replicas} placeholder pods hold no room yet "
+            "(pending: a node autoscaler may be bringing a node up)"
+        )
+    return out, problem
+
+
 def _scaling_report(obs: Observed) -> ScalingReport | None:
     auto = obs.spec.autoscaling if obs.spec is not None else None
     if auto is None:
@@ -564,7 +601,10 @@ def compute_status(
 
     # Degraded: something is wrong that will not fix itself by waiting a little (a node on
     # its way will).
+    warm, warm_problem = _warm_status(obs)
     wrong = [p for p in problems if p.reason != Reason.WAITING_FOR_NODE]
+    if warm_problem is not None:
+        wrong.append(warm_problem)  # serving is not affected: Degraded, not Ready
     if obs.invalid is not None:
         deg_c = _cond(DEGRADED, True, Reason.INVALID_SPEC, str(obs.invalid), gen)
     elif wrong:
@@ -642,6 +682,10 @@ def compute_status(
         }
         if scaling is not None:
             status["autoscaling"] = _scaling_status(scaling)
+        if warm is not None:
+            status["warmCapacity"] = warm
+        elif "warmCapacity" in previous:
+            status["warmCapacity"] = None  # a merge patch's null: removed with the spec
         status["summary"] = {
             "replicas": f"{ready}/{desired}",
             "gpu": spec.gpu.summary() if spec.gpu else "none",

@@ -284,6 +284,25 @@ def test_runtime_image_and_pull_policy_reach_the_operator(helm: Path) -> None:
     assert env["MODELFLEET_RUNTIME_IMAGE_PULL_POLICY"] == "Always"
 
 
+def test_warm_capacity_priority_class_is_made_and_named_to_the_operator(helm: Path) -> None:
+    docs = template(helm, "warmCapacity.priorityClass.value=-5", release="ml")
+    pc = one(docs, "PriorityClass")
+    assert pc["metadata"]["name"] == "ml-modelfleet-warm-capacity"
+    assert (pc["value"], pc["preemptionPolicy"], pc["globalDefault"]) == (-5, "Never", False)
+    args = operator_container(docs)["args"]
+    assert "--warm-capacity-priority-class=ml-modelfleet-warm-capacity" in args
+    assert "--warm-capacity-image=registry.k8s.io/pause:3.10" in args
+    # Bring your own: no PriorityClass rendered, the operator told its name.
+    docs = template(
+        helm,
+        "warmCapacity.priorityClass.create=false",
+        "warmCapacity.priorityClass.name=overprovisioning",
+    )
+    assert by_kind(docs, "PriorityClass") == []
+    args = operator_container(docs)["args"]
+    assert "--warm-capacity-priority-class=overprovisioning" in args
+
+
 def test_config_change_rolls_the_operator_pod(helm: Path) -> None:
     # All configuration is in the pod template (args, env), so a change rolls the pod; no
     # ConfigMap checksum is needed.

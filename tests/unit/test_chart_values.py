@@ -77,6 +77,10 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         "at '/metrics/serviceMonitor': additional properties 'enable'",
     ),
     "string for an integer": ({"operator": {"replicaCount": "one"}}, "at '/operator/replicaCount'"),
+    "a warm-capacity priority at or above the serving pods'": (
+        {"warmCapacity": {"priorityClass": {"value": 0}}},
+        "at '/warmCapacity/priorityClass/value': maximum",
+    ),
     "eleven operator replicas": (
         {"operator": {"replicaCount": 11}},
         "at '/operator/replicaCount': maximum",

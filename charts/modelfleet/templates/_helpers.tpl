@@ -109,3 +109,10 @@ Rendered as a JSON list so callers can `fromJsonArray` it.
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled=true (the ServiceMonitor selects that Service)" }}
 {{- end }}
 {{- end }}
+
+{{/*
+The PriorityClass of spec.warmCapacity's placeholder pods.
+*/}}
+{{- define "modelfleet.warmPriorityClass" -}}
+{{- default (printf "%s-warm-capacity" (include "modelfleet.fullname" .)) .Values.warmCapacity.priorityClass.name }}
+{{- end }}

@@ -11,8 +11,9 @@ from .hpa import render_hpa
 from .keda import render_scaled_object
 from .pdb import render_pdb
 from .service import render_service
+from .warm import child_kind, render_warm_capacity
 
-__all__ = ["Owner", "RenderConfig", "Strategy", "render_all"]
+__all__ = ["Owner", "RenderConfig", "Strategy", "child_kind", "render_all"]
 
 
 def render_all(
@@ -31,4 +32,7 @@ def render_all(
         children.append(render_hpa(owner, spec))
     elif engine == "keda":
         children.append(render_scaled_object(owner, spec))
+    warm = render_warm_capacity(owner, spec, config)
+    if warm is not None:
+        children.append(warm)
     return children

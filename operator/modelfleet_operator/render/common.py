@@ -16,6 +16,8 @@ PASSTHROUGH_ANNOTATION_PREFIXES = ("modelfleet.io/simulated-",)
 TEMPLATE_HASH_ANNOTATION = "modelfleet.io/template-hash"
 STRATEGY_ANNOTATION = "modelfleet.io/rollout-strategy"
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/modelfleet/runtime:0.1.0"
+DEFAULT_WARM_PRIORITY_CLASS = "modelfleet-warm-capacity"
+DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class RenderConfig:
 
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     image_pull_policy: str = "IfNotPresent"
+    # spec.warmCapacity's placeholder pods: their PriorityClass (the chart makes it, value
+    # -1) and their image (what kubelets already hold: the pod sandbox's own pause image).
+    warm_capacity_priority_class: str = DEFAULT_WARM_PRIORITY_CLASS
+    warm_capacity_image: str = DEFAULT_PAUSE_IMAGE
 
 
 def selector_labels(owner: Owner) -> dict[str, str]:
