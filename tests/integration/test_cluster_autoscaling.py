@@ -160,12 +160,9 @@ def test_karpenter_reports_product_no_instance_type_offers(
     assert not _karpenter_nodes(kube_cluster)
 
 
-# Known gap (issue 13): the pod bound to Karpenter's node stays Pending (kwok-controller: "failed
-# to patch pod"). Karpenter's kwok provider creates its Nodes Ready with only a Hostname
-# address, so the cluster's node-initialize Stage never runs for them; a Stage giving such a
-# node an InternalIP was tried (and the heartbeat Stage told to wait for it) and did not fix
-# it, so that diagnosis is unconfirmed. strict: the day it passes, this marker must go.
-@pytest.mark.xfail(strict=True, reason="pods on Karpenter's kwok nodes stay Pending (see above)")
+# Karpenter's kwok provider makes its Nodes with a Hostname address only: the cluster's
+# kwok-controller gives their pods its --node-ip as host IP (hack/cluster/up); without it kwok
+# patched hostIPs [""], the API server refused it, and the pod stayed Pending on a Ready node.
 def test_karpenter_adds_h100_node_and_removes_it_when_empty(
     kube_cluster: KubeCluster, namespace: str, karpenter: set[str]
 ) -> None:
@@ -261,3 +258,43 @@ def test_modeldeployment_status_follows_karpenter(
     )
     assert cond(md, "Degraded")["status"] == "False"
     print(f"[karpenter] apply -> WaitingForNode {time.monotonic() - applied:.1f}s: {message[:160]}")
+
+    # The node comes, the replica on it loads, and the ModelDeployment turns Ready.
+    wait_condition(k, namespace, "h100x", "Ready", "True", timeout=240)
+    ready_s = time.monotonic() - applied
+    [node] = [n for n in _karpenter_nodes(k) if _node_ready(n)] or [None]
+    assert node is not None, _describe(k, namespace)
+    name = node["metadata"]["name"]
+    line = next(
+        (
+            ln
+            for ln in operator.log_path.read_text(errors="replace").splitlines()
+            if "/h100x: pod " in ln and " ready: " in ln and _on_node(k, namespace, ln, name)
+        ),
+        None,
+    )
+    assert line is not None and "node 0s" not in line, operator.log_tail(40)
+    print(
+        f"[karpenter] apply -> Ready through a scale-up {ready_s:.1f}s; the replica on {name}: "
+        + line.split(" ready: ", 1)[1]
+    )
+
+    # Gone: the empty node is removed after consolidateAfter.
+    k.kubectl("-n", namespace, "delete", "mdep", "h100x", "--wait=true", "--timeout=60s")
+    deleted = time.monotonic()
+    kube_harness.wait_for(
+        lambda: not any(n["metadata"]["name"] == name for n in _karpenter_nodes(k)),
+        timeout=CONSOLIDATE_AFTER_S + 60,
+        what=f"Karpenter to remove the empty node {name}",
+        describe=lambda: _describe(k, namespace),
+        interval=0.5,
+    )
+    print(f"[karpenter] ModelDeployment deleted -> node gone {time.monotonic() - deleted:.1f}s")
+
+
+def _on_node(k: KubeCluster, namespace: str, line: str, node: str) -> bool:
+    """Whether the pod a cold-start log line names runs on ``node``."""
+    pod = line.split(": pod ", 1)[1].split(" ", 1)[0]
+    got = k.kubectl("-n", namespace, "get", "pod", pod, "-o", "jsonpath={.spec.nodeName}",
+                    check=False)  # fmt: skip
+    return got.stdout.strip() == node

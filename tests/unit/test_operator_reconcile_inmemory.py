@@ -400,7 +400,7 @@ def test_deleted_object_is_a_no_op() -> None:
     assert c.writes == []
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").rglob("*.yaml")), ids=lambda p: p.name)
 def test_examples_are_valid(path: Path) -> None:
     body = yaml.safe_load(path.read_text())
     assert body["kind"] == "ModelDeployment"
