@@ -226,9 +226,13 @@ def test_sigkill_during_a_storm_converges_every_time(
         stop.set()
         storm.join(30)
         operator.start()
+        # Usually seconds. Not 120 s: CI once saw a Deployment stay at 0 updated replicas for
+        # 120 s with the operator idle (unexplained; one candidate, unproven: a ReplicaSet
+        # controller expectation left to a same-named ReplicaSet waits out 5 minutes); the
+        # diagnostics below name it if it happens again.
         wait_for(
             lambda: _converged(k, namespace) is None,
-            timeout=120,
+            timeout=360,
             interval=0.5,
             what=f"trial {trial}: convergence after SIGKILL ({len(done)} storm ops)",
             describe=lambda: _describe_storm(k, namespace, operator),
