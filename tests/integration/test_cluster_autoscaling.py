@@ -11,6 +11,7 @@ Plain Deployments show Karpenter's own behaviour; the last test runs the operato
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +34,14 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 NODEPOOL_LABEL = "karpenter.sh/nodepool"
 # hack/karpenter/nodepools.yaml: consolidationPolicy WhenEmpty, consolidateAfter 20s.
 CONSOLIDATE_AFTER_S = 20
+WARM_CLASS = "mf-test-warm-karpenter"
+WARM_PRIORITY_CLASS = {
+    "apiVersion": "scheduling.k8s.io/v1",
+    "kind": "PriorityClass",
+    "metadata": {"name": WARM_CLASS},
+    "value": -1,
+    "preemptionPolicy": "Never",
+}
 
 
 def _script(*args: str, timeout: float) -> str:
@@ -226,8 +235,13 @@ def operator(
     kube_cluster: KubeCluster, karpenter: set[str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with running_operator(kube_cluster, log, 600) as proc:
-        yield proc
+    kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(WARM_PRIORITY_CLASS))
+    try:
+        with running_operator(kube_cluster, log, 600, start=False) as proc:
+            proc.extra_args = ("--warm-capacity-priority-class", WARM_CLASS)
+            yield proc.start()
+    finally:
+        kube_cluster.kubectl("delete", "priorityclass", WARM_CLASS, "--ignore-not-found")
 
 
 def test_modeldeployment_status_follows_karpenter(
@@ -298,3 +312,57 @@ def _on_node(k: KubeCluster, namespace: str, line: str, node: str) -> bool:
     got = k.kubectl("-n", namespace, "get", "pod", pod, "-o", "jsonpath={.spec.nodeName}",
                     check=False)  # fmt: skip
     return got.stdout.strip() == node
+
+
+def test_warm_capacity_holds_a_node_so_a_scale_up_does_not_wait_for_one(
+    kube_cluster: KubeCluster, namespace: str, karpenter: set[str], operator: OperatorProcess
+) -> None:
+    """spec.warmCapacity with a real node autoscaler: the placeholder that finds no room gets a
+    node from Karpenter; a scale-up takes that room at once (preemption), and the displaced
+    placeholder gets Karpenter to bring the next node."""
+    k = kube_cluster
+    own_h100 = sum(
+        1
+        for n in _nodes(k)
+        if n["metadata"]["name"] in karpenter
+        and n["metadata"].get("labels", {}).get("nvidia.com/gpu.product") == H100
+    )
+    spec: dict[str, Any] = {
+        "replicas": own_h100,  # one whole node each: the cluster's own H100 nodes are full
+        "gpu": {"count": 8},
+        "warmCapacity": {"replicas": 1},
+    }
+    apply_as_user(k, namespace, manifest("warmx", spec))
+    wait_condition(k, namespace, "warmx", "Ready", "True", timeout=120)
+
+    def held() -> bool:
+        md = k.kubectl_json("-n", namespace, "get", "mdep", "warmx")
+        return bool((md.get("status") or {}).get("warmCapacity", {}).get("readyReplicas") == 1)
+
+    kube_harness.wait_for(
+        held, timeout=180, what="the placeholder on a node Karpenter brought",
+        describe=lambda: _describe(k, namespace),
+    )  # fmt: skip
+    [first] = [n["metadata"]["name"] for n in _karpenter_nodes(k)] or [""]
+    assert first, _describe(k, namespace)
+
+    scaled = time.monotonic()
+    apply_as_user(k, namespace, manifest("warmx", {**spec, "replicas": own_h100 + 1}))
+    wait_condition(k, namespace, "warmx", "Ready", "True", timeout=120)
+    took = time.monotonic() - scaled
+    serving = kube_harness.pods(k, namespace, "app.kubernetes.io/instance=warmx")
+    on_first = [p for p in serving if p["spec"].get("nodeName") == first]
+    assert len(on_first) == 1, kube_harness.pod_summary(k, namespace)
+    print(f"\n[karpenter] warm capacity: scale-up -> Ready {took:.1f}s on the held node {first}")
+    # The displaced placeholder asks for the next node, and holds it.
+    kube_harness.wait_for(
+        lambda: held() and len(_karpenter_nodes(k)) == 2, timeout=180,
+        what="a second node for the displaced placeholder",
+        describe=lambda: _describe(k, namespace),
+    )  # fmt: skip
+    k.kubectl("-n", namespace, "delete", "mdep", "warmx", "--wait=true", "--timeout=60s")
+    kube_harness.wait_for(
+        lambda: not _karpenter_nodes(k), timeout=CONSOLIDATE_AFTER_S + 90,
+        what="Karpenter to remove both nodes", describe=lambda: _describe(k, namespace),
+        interval=0.5,
+    )  # fmt: skip
