@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from benchutil import free_port, loadavg, pct
+from benchutil import free_port, loadavg, pct, wait
 from kubernetes import client, config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -50,17 +50,6 @@ USAGE_CPU = "kwok.x-k8s.io/usage-cpu"
 DOC = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]})
 
 
-def wait(what: str, probe: Any, timeout: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-@contextlib.contextmanager
 def runtimes(n: int) -> Iterator[list[int]]:
     sys.path.insert(0, str(ROOT / "tests" / "runtime"))
     from runtime_models import build_slow_dir  # noqa: PLC0415 (torch only here)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import pathlib
 import socket
+import time
+from collections.abc import Callable
+from typing import Any
 
 
 def free_port() -> int:
@@ -24,3 +27,15 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def wait(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """The first truthy value of ``probe()``, polled every ``interval`` s; exits naming
+    ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import benchutil
 from benchutil import free_port, loadavg, pct
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -60,13 +61,7 @@ def get(*args: str) -> Any:
 
 
 def wait(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = probe()
-        if got:
-            return got
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return benchutil.wait(what, probe, timeout, interval)  # kubectl polls: every 0.2 s
 
 
 def karpenter_nodes() -> list[dict[str, Any]]:

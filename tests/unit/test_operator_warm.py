@@ -54,6 +54,10 @@ def facts(spec: dict[str, Any] | None, children: dict[str, Any] | None = None) -
     )
 
 
+def serving_pod(spec: Any) -> dict[str, Any]:
+    return dict(render_pod_template(owner(), spec, CONFIG)["spec"])
+
+
 def live(manifest: dict[str, Any], uid: str = "uid-warm") -> dict[str, Any]:
     out = copy.deepcopy(manifest)
     out["metadata"]["uid"] = uid
@@ -63,9 +67,9 @@ def live(manifest: dict[str, Any], uid: str = "uid-warm") -> dict[str, Any]:
 
 def test_placeholders_ask_for_what_a_serving_pod_asks_and_go_where_it_would() -> None:
     spec = parse_spec(md(WARM)["spec"], name="resnet")
-    warm = render_warm_capacity(owner(), spec, CONFIG)
-    assert warm is not None
     serving = render_pod_template(owner(), spec, CONFIG)["spec"]
+    warm = render_warm_capacity(owner(), spec, CONFIG, serving)
+    assert warm is not None
     pod = warm["spec"]["template"]["spec"]
     assert warm["kind"] == "Deployment" and warm["metadata"]["name"] == "resnet-warm"
     assert warm["spec"]["replicas"] == 2
@@ -85,7 +89,7 @@ def test_placeholders_carry_none_of_the_serving_selector() -> None:
     """Else the Service would route callers to a pause container and the PDB, the builtin
     autoscaler and status would count it as a replica."""
     spec = parse_spec(md(WARM)["spec"], name="resnet")
-    warm = render_warm_capacity(owner(), spec, CONFIG)
+    warm = render_warm_capacity(owner(), spec, CONFIG, serving_pod(spec))
     assert warm is not None
     labels = warm["spec"]["template"]["metadata"]["labels"]
     serving = selector_labels(owner())
@@ -95,7 +99,7 @@ def test_placeholders_carry_none_of_the_serving_selector() -> None:
 
 def test_no_warm_capacity_renders_none() -> None:
     spec = parse_spec(md()["spec"], name="resnet")
-    assert render_warm_capacity(owner(), spec, CONFIG) is None
+    assert render_warm_capacity(owner(), spec, CONFIG, serving_pod(spec)) is None
     zero = parse_spec(md({"warmCapacity": {"replicas": 0}})["spec"], name="resnet")
     assert zero.warm_capacity is None
 

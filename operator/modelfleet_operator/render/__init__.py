@@ -20,8 +20,9 @@ def render_all(
     owner: Owner, spec: ModelDeploymentSpec, config: RenderConfig, strategy: Strategy
 ) -> list[dict[str, Any]]:
     """Every child the ModelDeployment wants, in apply order."""
+    deployment = render_deployment(owner, spec, config, strategy)
     children = [
-        render_deployment(owner, spec, config, strategy),
+        deployment,
         render_service(owner, spec),
         render_pdb(owner, spec),
     ]
@@ -32,7 +33,7 @@ def render_all(
         children.append(render_hpa(owner, spec))
     elif engine == "keda":
         children.append(render_scaled_object(owner, spec))
-    warm = render_warm_capacity(owner, spec, config)
+    warm = render_warm_capacity(owner, spec, config, deployment["spec"]["template"]["spec"])
     if warm is not None:
         children.append(warm)
     return children

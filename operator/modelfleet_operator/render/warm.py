@@ -14,11 +14,11 @@ builtin autoscaler and status never count them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..spec import ModelDeploymentSpec
 from .common import MANAGED_BY_LABEL, MANAGER, Owner, RenderConfig, owner_reference
-from .deployment import render_pod_template
 
 KIND = "WarmCapacity"  # the child's kind in plans; on the API it is a Deployment
 NAME_SUFFIX = "-warm"
@@ -57,7 +57,7 @@ def warm_labels(owner: Owner) -> dict[str, str]:
     }
 
 
-def _placeholder(index: int, container: dict[str, Any], image: str) -> dict[str, Any]:
+def _placeholder(index: int, container: Mapping[str, Any], image: str) -> dict[str, Any]:
     return {
         "name": f"placeholder-{index}",
         "image": image,
@@ -74,12 +74,12 @@ def _placeholder(index: int, container: dict[str, Any], image: str) -> dict[str,
 
 
 def render_warm_capacity(
-    owner: Owner, spec: ModelDeploymentSpec, config: RenderConfig
+    owner: Owner, spec: ModelDeploymentSpec, config: RenderConfig, serving: Mapping[str, Any]
 ) -> dict[str, Any] | None:
-    """The placeholder Deployment, None without spec.warmCapacity."""
+    """The placeholder Deployment, None without spec.warmCapacity. ``serving`` is the
+    serving pod's spec as rendered (the Deployment's template): what to ask and where."""
     if spec.warm_capacity is None:
         return None
-    serving = render_pod_template(owner, spec, config)["spec"]
     pod: dict[str, Any] = {
         "priorityClassName": config.warm_capacity_priority_class,
         # A placeholder gives way in an instant: nothing in it needs a grace period.
