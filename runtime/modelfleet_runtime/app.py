@@ -12,11 +12,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__
+from .auth import KeyLimits, KeyRing, Limiter, load_key_dir, presented_key
 from .batching import Batcher
 from .config import ServeConfig, write_termination_log
 from .cpus import default_threads
@@ -27,6 +29,7 @@ from .errors import (
     NotFound,
     Overloaded,
     ServingError,
+    Unauthorized,
     Unavailable,
 )
 from .httpparse import Request
@@ -69,6 +72,12 @@ _TRITON_TYPES = {
 
 
 _READ = ("GET", "HEAD")
+# With --api-keys, the only paths answered without a key: the kubelet's probes.
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+METRICS_PATH = "/metrics"
+# How often the key directory is read again: a rotated Secret counts within about this long
+# after the kubelet has written it.
+KEY_RELOAD_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +197,9 @@ class App:
         self._held_limit = HELD_BODIES * cfg.max_body_bytes
         self._headers = HeaderCache()  # binary requests' decoded JSON headers
         self.ready = False
+        # --api-keys: None serves everyone (the default, as before)
+        self.keys: KeyRing | None = KeyRing() if cfg.api_keys else None
+        self.limiter = Limiter(KeyLimits(cfg.key_rate, cfg.key_burst, cfg.key_concurrency))
 
         def document(make: Callable[[], Response]) -> Route:
             return Route(_READ, lambda _req, respond: respond(make()))
@@ -196,10 +208,16 @@ class App:
             "/v2/health/live": document(lambda: _json(200, {"live": True})),
             "/v2/health/ready": document(self._health_ready),
             "/v2": document(self._server_metadata),
-            "/metrics": document(self._metrics),
             # Triton's model repository extension
             "/v2/repository/index": Route(("POST",), self._repository_index),
         }
+        # With API keys, /metrics is served only on --metrics-port: never to a caller's key.
+        self._metrics_routes: dict[str, Route] = {
+            METRICS_PATH: document(self._metrics),
+            **{p: r for p, r in self._routes.items() if p in OPEN_PATHS},
+        }
+        if self.keys is None and not cfg.metrics_port:
+            self._routes[METRICS_PATH] = self._metrics_routes[METRICS_PATH]
         self._model_routes: dict[str, Route] = {
             "": document(lambda: _json(200, self._model_metadata())),
             "ready": document(self._model_ready),
@@ -211,6 +229,8 @@ class App:
 
     def handle(self, req: Request, respond: Respond) -> None:
         try:
+            if self.keys is not None and req.path.rstrip("/") not in OPEN_PATHS:
+                respond = self._authorize(req, respond)
             route = self._route(req.path)
             if req.method not in route.methods:
                 allow = ", ".join(route.methods)
@@ -222,9 +242,64 @@ class App:
         except ServingError as exc:
             respond(_error(exc))
 
+    def handle_metrics_port(self, req: Request, respond: Respond) -> None:
+        """--metrics-port: /metrics and the probes, nothing else."""
+        path = req.path.rstrip("/") or "/"
+        route = self._metrics_routes.get(path)
+        if route is None:
+            respond(_error(NotFound(f"no route for {req.path} on the metrics port")))
+        elif req.method not in route.methods:
+            allow = ", ".join(route.methods)
+            respond(_error(MethodNotAllowed(f"{req.method} not allowed on {req.path}",
+                                            headers={"Allow": allow})))  # fmt: skip
+        else:
+            route.handler(req, respond)
+
+    # -- API keys ----------------------------------------------------------------------------
+
+    def _authorize(self, req: Request, respond: Respond) -> Respond:
+        """The request's key checked and admitted by its limits, or a 401/429 raised. The
+        Respond returned gives the key's concurrency back and counts the answer."""
+        assert self.keys is not None
+        key = presented_key(req.headers)
+        if key is None:
+            self.metrics.auth_failure("missing")
+            raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+        key_id = self.keys.verify(key)
+        if key_id is None:
+            self.metrics.auth_failure("invalid")
+            raise Unauthorized("the API key is not valid (unknown, revoked or mistyped)")
+        wait_s = self.limiter.admit(key_id, time.monotonic())
+        if wait_s is not None:
+            self.metrics.key_request(key_id, "rate_limited")
+            lim = self.limiter.limits
+            what = (f"{lim.concurrency} requests in flight"
+                    if lim.concurrency is not None and self.limiter.inflight(key_id)
+                    >= lim.concurrency else f"{lim.rate:g} requests/s")  # fmt: skip
+            raise Overloaded(
+                f"API key {key_id!r} is over its limit of {what}; retry later",
+                status=429, retry_after_s=max(1, math.ceil(wait_s)), outcome="rate_limited",
+            )  # fmt: skip
+        limiter, metrics = self.limiter, self.metrics
+
+        def answered(resp: Response) -> None:
+            limiter.release(key_id)
+            metrics.key_request(key_id, resp.status)
+            respond(resp)
+
+        return answered
+
+    def set_keys(self, ring: KeyRing) -> None:
+        self.keys = ring
+        self.limiter.retain(set(ring.digests))
+        self.metrics.keys_loaded(len(ring))
+
     def _route(self, path: str) -> Route:
         if not path.startswith("/v2/models/"):
             route = self._routes.get(path.rstrip("/") or "/")
+            if route is None and path.rstrip("/") == METRICS_PATH:
+                raise NotFound("/metrics is not served on this port: with --api-keys or "
+                               "--metrics-port it is served only on --metrics-port")  # fmt: skip
             if route is None:
                 raise NotFound(f"no route for {path}")
             return route
@@ -516,13 +591,29 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
             metrics.request_done(status, 0.0)
 
     http.on_refused = refused
-    try:
-        await http.listen(cfg.host, cfg.port)
-    except OSError as exc:
-        reason = f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
-        log.error(reason)
-        write_termination_log(reason)
-        return 1
+    if cfg.api_keys is not None:
+        try:
+            app.set_keys(_read_keys(cfg.api_keys))
+        except OSError as exc:
+            reason = f"--api-keys {cfg.api_keys}: cannot read the key directory: {exc}"
+            log.error(reason)
+            write_termination_log(reason)
+            return 1
+    servers = [(http, cfg.port)]
+    if cfg.metrics_port:
+        scrape = HttpServer(
+            app.handle_metrics_port, max_body_bytes=64 * 1024, error_body=error_body, limits=limits
+        )
+        servers.append((scrape, cfg.metrics_port))
+    for server, port in servers:
+        try:
+            await server.listen(cfg.host, port)
+        except OSError as exc:
+            reason = f"cannot listen on {cfg.host}:{port}: {exc.strerror or exc}"
+            log.error(reason)
+            write_termination_log(reason)
+            return 1
+    reloading = asyncio.ensure_future(_reload_keys(app, cfg.api_keys)) if cfg.api_keys else None
     log.info("listening on %s:%d; loading %s model %s version %s from %s", cfg.host, cfg.port,
              ident.manifest.format, ident.name, ident.version, cfg.model_dir)  # fmt: skip
 
@@ -602,10 +693,55 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
     if http.inflight:
         log.warning("drain timeout: %d requests unanswered", http.inflight)
     http.close_all()  # abort(): a client that reads nothing must not hold the exit up
+    for server, _ in servers[1:]:
+        server.start_drain()
+        server.close_all()
+    if reloading is not None:
+        reloading.cancel()
     batcher.stop(timeout=max(0.0, deadline - loop.time()))
     ignore_exit_signals(loop)
     log.info("drained; exiting")
     return 0
+
+
+def _read_keys(directory: Path) -> KeyRing:
+    loaded = load_key_dir(directory)
+    for problem in loaded.problems:
+        log.warning("--api-keys %s: skipped %s", directory, problem)
+    return loaded.ring
+
+
+async def _reload_keys(app: App, directory: Path) -> None:
+    """Read the key directory every KEY_RELOAD_S; a changed set of keys replaces the old
+    one at once (rotation and revocation without a restart). When the directory cannot be
+    read, the keys last read stay (said once per distinct error)."""
+    last_error = ""
+    while True:
+        await asyncio.sleep(KEY_RELOAD_S)
+        try:
+            loaded = await asyncio.to_thread(load_key_dir, directory)
+        except OSError as exc:
+            if str(exc) != last_error:
+                kept = len(app.keys or ())
+                log.warning("--api-keys %s: cannot read the key directory, keeping the %d "
+                            "keys read before: %s", directory, kept, exc)  # fmt: skip
+                last_error = str(exc)
+            continue
+        except Exception:  # a bug here must not end the reloads
+            log.exception("reading the API keys failed")
+            continue
+        last_error = ""
+        old = app.keys.digests if app.keys is not None else {}
+        new = loaded.ring.digests
+        if new != old:
+            for problem in loaded.problems:
+                log.warning("--api-keys %s: skipped %s", directory, problem)
+            added = sorted(k for k in new if k not in old)
+            removed = sorted(k for k in old if k not in new)
+            changed = sorted(k for k in new if k in old and new[k] != old[k])
+            log.info("API keys now %d: added %s, removed %s, rotated %s", len(new),
+                     added or "none", removed or "none", changed or "none")  # fmt: skip
+            app.set_keys(loaded.ring)
 
 
 def ignore_exit_signals(loop: asyncio.AbstractEventLoop) -> None:

@@ -229,6 +229,48 @@ def _serve_parser(sub: Any) -> None:
     )
     _add(p, "--log-level", "logging level", default=d.log_level,
          choices=("debug", "info", "warning", "error"))  # fmt: skip
+    _add(
+        p,
+        "--api-keys",
+        "require an API key on every route but the health probes: DIR holds one file per "
+        "key id with its sha256:<hex> hash (a mounted Secret; read again every second); "
+        "mint keys with `modelfleet-runtime mint-key`",
+        type=Path,
+        metavar="DIR",
+    )
+    _add(p, "--key-rate", "requests/s each API key may make (429 past it)",
+         type=_positive_float, metavar="RPS")  # fmt: skip
+    _add(p, "--key-burst", "requests an API key may make at once above --key-rate "
+         "(default: --key-rate rounded up)", type=_positive_int, metavar="N")  # fmt: skip
+    _add(p, "--key-concurrency", "requests each API key may have in flight (429 past it)",
+         type=_positive_int, metavar="N")  # fmt: skip
+    _add(
+        p,
+        "--metrics-port",
+        "serve /metrics (and the health probes) on this port instead of --port; with "
+        "--api-keys, /metrics is served nowhere else",
+        type=_port,
+        metavar="PORT",
+    )
+
+
+def _mint_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "mint-key",
+        help="make a new API key: the key once on stderr, only its hash on stdout",
+        description="Print a new API key for KEY_ID once (stderr) and, on stdout, what to "
+        "store: a Secret manifest holding only the key's hash (--secret), a merge patch that "
+        "adds it to an existing Secret (--patch), or the bare hash.",
+    )
+    p.add_argument("key_id", metavar="KEY_ID", help="the key's name: 1-32 of a-z, 0-9, '-'")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--secret", metavar="NAME", help="print a Secret manifest named NAME")
+    out.add_argument(
+        "--patch",
+        action="store_true",
+        help="print a JSON merge patch for `kubectl patch secret --type merge`",
+    )
+    p.add_argument("--namespace", help="the Secret manifest's namespace")
 
 
 def _fetch_parser(sub: Any) -> None:
@@ -250,9 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="modelfleet serving runtime: a PyTorch model over the Open Inference "
         "Protocol v2, with dynamic batching and Prometheus metrics.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,fetch}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,fetch,mint-key}")
     _serve_parser(sub)
     _fetch_parser(sub)
+    _mint_parser(sub)
     return parser
 
 
@@ -280,11 +323,48 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         overload_status=args.overload_status,
         threads=args.threads,
         log_level=args.log_level,
+        api_keys=args.api_keys,
+        key_rate=args.key_rate,
+        key_burst=args.key_burst,
+        key_concurrency=args.key_concurrency,
+        metrics_port=args.metrics_port,
     )
+
+
+# The label the operator's Secret watch selects: a labelled Secret's change reaches the
+# pods within seconds (without it, within the kubelet's sync period, about a minute).
+API_KEYS_LABEL = "modelfleet.io/api-keys"
+
+
+def mint_key(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from .auth import mint  # noqa: PLC0415
+
+    try:
+        key, digest = mint(args.key_id)
+    except ValueError as exc:
+        print(f"modelfleet-runtime mint-key: {exc}", file=sys.stderr)
+        return 2
+    if args.secret:
+        meta: dict[str, Any] = {"name": args.secret, "labels": {API_KEYS_LABEL: "true"}}
+        if args.namespace:
+            meta["namespace"] = args.namespace
+        doc: Any = {"apiVersion": "v1", "kind": "Secret", "metadata": meta,
+                    "type": "Opaque", "stringData": {args.key_id: digest}}  # fmt: skip
+        print(json.dumps(doc, indent=2))
+    elif args.patch:
+        print(json.dumps({"stringData": {args.key_id: digest}}))
+    else:
+        print(digest)
+    print(f"API key {args.key_id} (shown once; only its hash is stored): {key}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "mint-key":
+        return mint_key(args)
     if args.command == "serve":
         from .app import run  # noqa: PLC0415 (torch is imported only here)
 

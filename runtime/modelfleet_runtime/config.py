@@ -35,6 +35,12 @@ class ServeConfig:
     overload_status: int = 503
     threads: int | None = None
     log_level: str = "info"
+    # API keys (auth.py): a directory of sha256 hashes, one file per key id; None: no keys
+    api_keys: Path | None = None
+    key_rate: float | None = None  # requests/s per key
+    key_burst: int | None = None  # token bucket size per key (default: ceil(key_rate))
+    key_concurrency: int | None = None  # requests in flight per key
+    metrics_port: int | None = None  # /metrics (and the probes) on a port of their own
 
 
 def write_termination_log(message: str) -> None:

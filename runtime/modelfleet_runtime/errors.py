@@ -21,6 +21,15 @@ class BadRequest(ServingError):
     status = 400
 
 
+class Unauthorized(ServingError):
+    """No API key, or not a current one (``--api-keys``)."""
+
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="modelfleet"'})
+
+
 class NotFound(ServingError):
     status = 404
 

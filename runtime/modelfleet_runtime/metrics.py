@@ -19,6 +19,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 OUTCOMES = {
     200: "success",
     400: "invalid",
+    401: "unauthorized",
     404: "not_found",
     413: "too_large",
     415: "invalid",
@@ -79,6 +80,29 @@ class Metrics:
         self.ready = Gauge(
             "modelfleet_model_ready", "1 when the model is loaded and serving", labels, registry=r
         ).labels(*values)
+
+        # API keys (--api-keys): by key id, never by key; a series per key in the ring
+        self._key_requests = Counter(
+            "modelfleet_key_requests", "Requests made with each API key, by answer",
+            [*labels, "key", "outcome"], registry=r,
+        )  # fmt: skip
+        self._auth_failures = Counter(
+            "modelfleet_auth_failures", "Requests refused for their API key (missing or "
+            "invalid)", [*labels, "reason"], registry=r,
+        )  # fmt: skip
+        self._keys = Gauge(
+            "modelfleet_api_keys", "API keys the server accepts now", labels, registry=r
+        ).labels(*values)
+
+    def auth_failure(self, reason: str) -> None:
+        self._auth_failures.labels(*self._values, reason).inc()
+
+    def key_request(self, key_id: str, status: int | str) -> None:
+        outcome = status if isinstance(status, str) else OUTCOMES.get(status, str(status))
+        self._key_requests.labels(*self._values, key_id, outcome).inc()
+
+    def keys_loaded(self, count: int) -> None:
+        self._keys.set(count)
 
     def request_done(self, status: int, seconds: float, outcome: str | None = None) -> None:
         counter = None if outcome else self._outcomes.get(status)
