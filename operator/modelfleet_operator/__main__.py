@@ -130,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
         "activator listens for them [env MODELFLEET_ACTIVATOR_PORTS] (default: %(default)s)",
     )
     p.add_argument(
+        "--read-api-key-secrets",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="spec.auth: watch the Secrets labelled modelfleet.io/api-keys=true (only in "
+        "namespaces where a ModelDeployment names one) and tell the pods of a change within "
+        "seconds; status says when a Secret is missing or holds no valid key. With "
+        "--no-read-api-key-secrets the operator never reads a Secret (RBAC without secrets): "
+        "keys then change in the pods with the kubelet's sync, about a minute "
+        "(default: on)",
+    )
+    p.add_argument(
         "--kubeconfig", default=None, help="kubeconfig path (default: in-cluster, else $KUBECONFIG)"
     )
     p.add_argument("--log-format", choices=("plain", "full", "json"), default="full")
@@ -230,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resync_seconds=args.resync_seconds,
         activator_service=args.activator_service,
         activator_ports=args.activator_ports,
+        read_api_key_secrets=args.read_api_key_secrets,
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry)

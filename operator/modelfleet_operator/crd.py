@@ -34,6 +34,7 @@ from .spec import (
     MODEL_NAME_PATTERN,
     OVERLOAD_STATUSES,
     PLURAL,
+    SECRET_NAME_PATTERN,
     SERVICE_TYPES,
     SPREAD_WHEN,
     STRATEGIES,
@@ -576,8 +577,73 @@ def spec_schema() -> Schema:
                         **_d("service.port"),
                     ),
                     "type": string("Service type.", enum=list(SERVICE_TYPES), **_d("service.type")),
+                    "metricsPort": integer(
+                        "With spec.auth: the pods' port for /metrics (Prometheus and the builtin "
+                        "autoscaler scrape it; the Service does not expose it), so metrics are "
+                        "never served to a caller's key. Without spec.auth, /metrics is on "
+                        "service.port.",
+                        minimum=1,
+                        maximum=65535,
+                        **_d("service.metricsPort"),
+                    ),
                 },
                 default={},
+            ),
+            "auth": obj(
+                "API keys for callers. Every inference and metadata route then needs "
+                "`Authorization: Bearer <key>` (or `X-API-Key`); only the health probes "
+                "answer without one. Keys are stored as hashes only: mint one with "
+                "`modelfleet-runtime mint-key <id> --secret <name>`, which prints the key "
+                "once and a Secret holding its sha256. A changed Secret takes effect in the "
+                "pods within seconds, without a restart.",
+                {
+                    "apiKeys": obj(
+                        "Where the keys' hashes are.",
+                        {
+                            "secretName": string(
+                                "A Secret in this namespace: each data key is a key id (1-32 "
+                                "of a-z, 0-9, '-'), each value `sha256:<64 hex digits>` of "
+                                'the key. Label it `modelfleet.io/api-keys: "true"` so '
+                                "changes reach the pods within seconds (unlabelled: within "
+                                "the kubelet's sync period, about a minute).",
+                                pattern=SECRET_NAME_PATTERN,
+                                maxLength=253,
+                            ),
+                        },
+                        required=["secretName"],
+                    ),
+                    "limits": obj(
+                        "Limits per key, in each replica; past them the key's requests get "
+                        "429 with Retry-After.",
+                        {
+                            "requestsPerSecond": number(
+                                "Requests per second each key may make (a token bucket).",
+                                exclusiveMinimum=True,
+                                minimum=0,
+                                maximum=1_000_000,
+                            ),
+                            "burst": integer(
+                                "Requests a key may make at once above the rate (default: "
+                                "requestsPerSecond rounded up).",
+                                minimum=1,
+                                maximum=1_000_000,
+                            ),
+                            "maxConcurrency": integer(
+                                "Requests each key may have in flight.",
+                                minimum=1,
+                                maximum=100_000,
+                            ),
+                        },
+                        rules=[
+                            rule(
+                                "!has(self.burst) || has(self.requestsPerSecond)",
+                                "burst needs requestsPerSecond",
+                                field_path=".burst",
+                            )
+                        ],
+                    ),
+                },
+                required=["apiKeys"],
             ),
             "warmCapacity": obj(
                 "Room kept ready for more replicas, so a scale-up does not wait for a node: "
@@ -609,6 +675,12 @@ def spec_schema() -> Schema:
                 "self.runtime.device != 'cuda'",
                 "runtime.device cuda needs spec.gpu",
                 field_path=".runtime.device",
+            ),
+            rule(
+                "!has(self.auth) || !has(self.service) || !has(self.service.port) || "
+                "!has(self.service.metricsPort) || self.service.port != self.service.metricsPort",
+                "with auth, service.metricsPort must differ from service.port",
+                field_path=".service.metricsPort",
             ),
         ],
     )
@@ -677,6 +749,22 @@ def status_schema() -> Schema:
                     "replicas": integer("Placeholder pods wanted."),
                     "readyReplicas": integer("Placeholder pods holding room on a node."),
                     "message": string("Why room is missing, when it is."),
+                },
+            ),
+            "auth": obj(
+                "The API keys of spec.auth, as the operator last saw their Secret (ids only: "
+                "no key or hash is ever copied here).",
+                {
+                    "secretName": string("The Secret holding the keys' hashes."),
+                    "keyIds": {
+                        "type": "array",
+                        "description": "The ids of the keys the pods accept.",
+                        "items": string("A key id."),
+                    },
+                    "secretRevision": string(
+                        "The Secret's resourceVersion the pods were last told to read."
+                    ),
+                    "message": string("What is wrong with the Secret, when something is."),
                 },
             ),
             "rolloutStrategy": string("The Deployment strategy the operator chose and why."),

@@ -46,6 +46,7 @@ from .render.activator import SERVICE_NAME_LABEL
 from .render.common import MANAGED_BY_LABEL, MANAGER, RenderConfig
 from .render.deployment import CONTAINER
 from .render.warm import KIND as WARM_KIND
+from .secretwatch import SecretWatch
 from .spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("modelfleet.operator")
@@ -104,6 +105,8 @@ class Runtime:
     # ports the operator hands out to ModelDeployments on it.
     activator_service: tuple[str, str] | None = None
     activator_ports: tuple[int, int] = (20000, 29999)
+    # spec.auth: watch labelled API key Secrets, GET unlabelled ones (--read-api-key-secrets)
+    read_api_key_secrets: bool = True
     # Pods whose start was counted (pod_startup), until they are deleted; and when we began.
     started_pods: set[str] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
@@ -139,6 +142,11 @@ def _echo(memo: Any, kind: str, body: kopf.Body) -> bool:
 
 
 async def _watch_node_events(watch: NodeEventWatch, ready: asyncio.Event) -> None:
+    await ready.wait()
+    await watch.run()
+
+
+async def _watch_api_key_secrets(watch: SecretWatch, ready: asyncio.Event) -> None:
     await ready.wait()
     await watch.run()
 
@@ -385,6 +393,17 @@ def register(registry: kopf.OperatorRegistry) -> None:
             view.pods, kube.list_events, notify=lambda key: queue.add(key, "node-events")
         )
         view.node_events = node_watch.for_pods
+        # spec.auth: the labelled API key Secrets of the namespaces that use them.
+        secret_watch = SecretWatch(
+            view.mds,
+            kube.list_secrets,
+            kube.watch_secrets,
+            notify=lambda key: queue.add(key, "api-keys"),
+        )
+        if rt.read_api_key_secrets:
+            view.api_key_secrets = secret_watch.get
+        else:
+            rt.reconciler.read_api_key_secrets = False
         rt.tasks = (
             asyncio.create_task(
                 resync(view, rt.queue, rt.resync_seconds, rt.ready), name="modelfleet-resync"
@@ -394,6 +413,13 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 _watch_node_events(node_watch, rt.ready), name="modelfleet-node-events"
             ),
         )
+        if rt.read_api_key_secrets:
+            rt.tasks += (
+                asyncio.create_task(
+                    _watch_api_key_secrets(secret_watch, rt.ready),
+                    name="modelfleet-api-key-secrets",
+                ),
+            )
 
     async def cleanup(memo: Any, **_: Any) -> None:
         rt = _rt(memo)

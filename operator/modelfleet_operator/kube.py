@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -30,6 +30,8 @@ APPLY = "application/apply-patch+yaml; charset=utf-8"
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
+WATCH_SECONDS = 290  # the server ends a watch after this; it is opened again
+WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=WATCH_SECONDS + 30)
 
 # kind -> (API class, method suffix) of the generated client.
 _APIS: dict[str, tuple[str, str]] = {
@@ -312,6 +314,87 @@ class Kube:
             limit=500,
         )
         return list((out or {}).get("items") or [])
+
+    # --- spec.auth: the API key Secrets (secretwatch.py) and the pods told of them --------
+
+    async def list_secrets(
+        self, namespace: str, label_selector: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        out = await self._call(
+            "list",
+            "Secret",
+            self._api("CoreV1Api").list_namespaced_secret,
+            namespace,
+            label_selector=label_selector,
+        )
+        meta = (out or {}).get("metadata") or {}
+        return list((out or {}).get("items") or []), str(meta.get("resourceVersion") or "")
+
+    async def watch_secrets(
+        self, namespace: str, label_selector: str, resource_version: str
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """A watch's events as (type, object) until the server ends it (~5 min); an ERROR
+        event (410 Gone: the version is too old) raises KubeError."""
+        code = "0"
+        try:
+            resp = await self._api("CoreV1Api").list_namespaced_secret(
+                namespace,
+                label_selector=label_selector,
+                resource_version=resource_version,
+                watch=True,
+                allow_watch_bookmarks=True,
+                timeout_seconds=WATCH_SECONDS,
+                _preload_content=False,
+                _request_timeout=WATCH_TIMEOUT,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self.metrics.api_requests.labels("watch", "Secret", code).inc()
+            raise KubeError(0, type(exc).__name__, str(exc) or "no response") from exc
+        async with resp:
+            code = str(resp.status)
+            self.metrics.api_requests.labels("watch", "Secret", code).inc()
+            if not 200 <= resp.status < 300:
+                raise _error(resp.status, resp.reason or "", await resp.read())
+            try:
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        raise KubeError(int(obj.get("code") or 0), str(obj.get("reason") or ""),
+                                        str(obj.get("message") or "watch error"))  # fmt: skip
+                    yield str(event.get("type")), obj
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise KubeError(0, type(exc).__name__, str(exc) or "watch broken") from exc
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret, None when there is none (404)."""
+        try:
+            out: dict[str, Any] = await self._call(
+                "get", "Secret", self._api("CoreV1Api").read_namespaced_secret, name, namespace
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return out
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """A merge patch of a pod's annotations (the kubelet syncs the pod at once)."""
+        try:
+            await self._call(
+                "patch",
+                "Pod",
+                self._api("CoreV1Api").patch_namespaced_pod,
+                name,
+                namespace,
+                {"metadata": {"annotations": dict(annotations)}},
+                _content_type=MERGE,
+            )
+        except KubeError as exc:
+            if exc.status != 404:  # gone already: nothing to tell
+                raise
 
     # --- leader election (leader.py) -------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 from .nodescale import NodeScaleEvent
 from .render.activator import ActivatorEndpoint, ActivatorRoute
 from .render.common import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER
+from .render.deployment import API_KEYS_REVISION_ANNOTATION
 from .render.warm import COMPONENT as WARM_COMPONENT
 from .render.warm import KIND as WARM_KIND
 from .render.warm import NAME_SUFFIX as WARM_SUFFIX
@@ -216,8 +217,12 @@ def pod_owner(body: Obj) -> str | None:
 
 def trim_pod(body: Obj) -> dict[str, Any]:
     status = body.get("status") or {}
+    meta = _meta(body, "labels", "creationTimestamp")
+    told = ((body.get("metadata") or {}).get("annotations") or {}).get(API_KEYS_REVISION_ANNOTATION)
+    if told is not None:  # the only annotation read (apikeys.pods_to_tell)
+        meta["annotations"] = {API_KEYS_REVISION_ANNOTATION: told}
     return {
-        "metadata": _meta(body, "labels", "creationTimestamp"),
+        "metadata": meta,
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
             k: status[k]
@@ -293,3 +298,6 @@ class Facts:
     activator: ActivatorRoute | None = None
     # pod name -> the newest node autoscaler Event on it (only pods that wait for a node)
     node_events: Mapping[str, NodeScaleEvent] = field(default_factory=dict)
+    # spec.auth's Secret as apikeys.trim_secret keeps it (None: no spec.auth, or not found)
+    api_key_secret: Obj | None = None
+    api_key_secret_found: bool = True

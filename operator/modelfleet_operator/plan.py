@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .apikeys import missing_secret, pods_to_tell
 from .capacity import gpu_capacity
 from .diff import differences, list_paths
 from .observe import CHILD_KINDS, OPTIONAL_KINDS, Facts, child_object, is_ours
@@ -55,6 +56,8 @@ class Plan:
     problems: tuple[Problem, ...] = ()
     url: str | None = None
     wanted: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # spec.auth: running pods to tell about a new revision of the key Secret (apikeys.py)
+    tell_pods: tuple[str, ...] = ()
 
 
 def plan(facts: Facts, config: RenderConfig) -> Plan:
@@ -99,6 +102,7 @@ def plan(facts: Facts, config: RenderConfig) -> Plan:
         problems=tuple(problems),
         url=service_url(owner, spec),
         wanted=children,
+        tell_pods=tuple(pods_to_tell(facts.api_key_secret, facts.pods)) if spec.auth else (),
     )
 
 
@@ -217,6 +221,9 @@ def judge(spec: ModelDeploymentSpec, facts: Facts) -> list[Problem]:
                     ),
                 )
             )
+    if spec.auth is not None and not facts.api_key_secret_found:
+        namespace = str((facts.md.get("metadata") or {}).get("namespace"))
+        out.append(Problem(Reason.API_KEY_SECRET_NOT_FOUND, missing_secret(spec.auth, namespace)))
     return out
 
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from .apikeys import trim_secret
 from .diff import value_at
 from .kube import Kube, KubeError
 from .memory import release_freed_memory
@@ -35,6 +36,7 @@ from .plan import APPLY, DELETE, REPLACE, Action, Plan, plan
 from .render import Owner, RenderConfig, Strategy
 from .render.activator import ActivatorEndpoint, ActivatorRoute, allocate_port, slice_port
 from .render.common import STRATEGY_ANNOTATION, selector_string
+from .render.deployment import API_KEYS_REVISION_ANNOTATION
 from .render.warm import KIND as WARM_KIND
 from .status import Observed, Problem, Reason, ScalingReport, compute_status, status_changed
 
@@ -72,6 +74,8 @@ class View:
     activator: Lookup | None = None
     # (namespace, pods) -> the node autoscaler's newest Event per pod (nodewatch.py)
     node_events: Callable[[str, Sequence[Mapping[str, Any]]], Mapping[str, Any]] | None = None
+    # (namespace, name) -> a labelled API key Secret as secretwatch.py keeps it, or None
+    api_key_secrets: Callable[[str, str], Mapping[str, Any] | None] | None = None
 
     def activator_pods(self) -> tuple[ActivatorEndpoint, ...] | None:
         if self.activator is None:
@@ -250,6 +254,8 @@ class Reconciler:
         self.inflight = InFlight()
         # The builtin autoscaler's last report per ModelDeployment (handlers.py sets it).
         self.scaling: Callable[[Key], ScalingReport | None] | None = None
+        # spec.auth's Secrets may be read (--read-api-key-secrets); False: never
+        self.read_api_key_secrets = True
 
     async def reconcile(self, key: Key, trigger: str = "event") -> None:
         start = time.perf_counter()
@@ -267,6 +273,7 @@ class Reconciler:
             self.ports.release(key)
             return "gone"
         facts = self._with_activator(key, facts)
+        facts = await self._with_api_keys(key, facts)
         try:
             the_plan = plan(facts, self.config)
         except Exception as exc:  # a bug or an input nobody foresaw: this object only
@@ -323,6 +330,8 @@ class Reconciler:
                 children.pop(action.kind, None)
             elif out is not None:
                 children[action.kind] = out
+        told = await self._tell_pods(key, the_plan, facts)
+        failed = failed or told
         observed = self._observed(the_plan, facts, children, problems)
         wrote = await self._write_status(facts, observed) or wrote
         if failed is not None:
@@ -342,6 +351,48 @@ class Reconciler:
         if port is None:
             return facts  # the range is full: the autoscaler keeps a replica (status says)
         return replace(facts, activator=ActivatorRoute(port=port, endpoints=pods))
+
+    async def _with_api_keys(self, key: Key, facts: Facts) -> Facts:
+        """spec.auth's Secret: from the label-selected watch, else one GET (an unlabelled
+        Secret, or a namespace whose watch has not listed yet). Ids only are kept."""
+        auth = (facts.md.get("spec") or {}).get("auth")
+        keys = auth.get("apiKeys") if isinstance(auth, Mapping) else None
+        name = keys.get("secretName") if isinstance(keys, Mapping) else None
+        if not isinstance(name, str) or not name or not self.read_api_key_secrets:
+            return facts
+        seen = self.view.api_key_secrets(key[0], name) if self.view.api_key_secrets else None
+        if seen is None:
+            try:
+                body = await self.kube.read_secret(key[0], name)
+            except KubeError as exc:  # RBAC, the API down: judge nothing about the Secret
+                log.warning("%s/%s: reading Secret %s failed: %s", *key, name, exc)
+                return facts
+            if body is None:
+                return replace(facts, api_key_secret=None, api_key_secret_found=False)
+            seen = trim_secret(body)
+        return replace(facts, api_key_secret=seen)
+
+    async def _tell_pods(self, key: Key, the_plan: Plan, facts: Facts) -> KubeError | None:
+        """Write the key Secret's new revision into each running pod that has not seen it:
+        the kubelet then rewrites the mounted Secret at once (apikeys.py)."""
+        secret = facts.api_key_secret
+        if not the_plan.tell_pods or secret is None:
+            return None
+        revision = {API_KEYS_REVISION_ANNOTATION: str(secret["resourceVersion"])}
+        outcomes = await asyncio.gather(
+            *(self.kube.annotate_pod(key[0], pod, revision) for pod in the_plan.tell_pods),
+            return_exceptions=True,
+        )
+        failed: KubeError | None = None
+        for pod, out in zip(the_plan.tell_pods, outcomes, strict=True):
+            if isinstance(out, KubeError):
+                log.warning("%s/%s: telling pod %s of the new API keys failed: %s", *key, pod, out)
+                failed = failed or out
+            elif isinstance(out, BaseException):
+                raise out
+        log.info("%s/%s: told %d pods of API key Secret revision %s", *key,
+                 len(the_plan.tell_pods), secret["resourceVersion"])  # fmt: skip
+        return failed
 
     async def _execute(self, key: Key, owner: Owner, action: Action) -> Mapping[str, Any] | None:
         what = (action.kind, *key)
@@ -417,6 +468,8 @@ class Reconciler:
             hpa=_ours(children.get("HorizontalPodAutoscaler"), owner.uid),
             scaled_object=_ours(children.get("ScaledObject"), owner.uid),
             warm=_ours(children.get(WARM_KIND), owner.uid),
+            api_key_secret=facts.api_key_secret,
+            api_key_secret_found=facts.api_key_secret_found,
         )
 
     async def _write_status(self, facts: Facts, observed: Observed) -> bool:

@@ -52,6 +52,8 @@ MIG_PATTERN = r"^[1-7]g\.[0-9]+gb(\+me)?$"
 URI_PATTERN = r"^(pvc|https?|s3|file)://.+"
 PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^/].*$"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# A Secret's name: a DNS-1123 subdomain.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 MAX_NAME_LENGTH = 63
 
 DEFAULTS: dict[str, Any] = {
@@ -84,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "scheduling.topologySpread.maxSkew": 1,
     "scheduling.topologySpread.whenUnsatisfiable": "ScheduleAnyway",
     "service.port": 8080,
+    "service.metricsPort": 9091,
     "warmCapacity.replicas": 0,
     "service.type": "ClusterIP",
 }
@@ -250,6 +253,18 @@ class SchedulingSpec:
 class ServiceSpec:
     port: int
     type: str
+    # the runtime's /metrics (and probes) when spec.auth is set: never behind a caller's key
+    metrics_port: int = 9091
+
+
+@dataclass(frozen=True)
+class AuthSpec:
+    """API keys: the Secret holding their hashes, and the limits each key gets."""
+
+    secret_name: str
+    requests_per_second: float | None = None
+    burst: int | None = None
+    max_concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -271,6 +286,7 @@ class ModelDeploymentSpec:
     gpu: GPUSpec | None = None
     autoscaling: AutoscalingSpec | None = None
     warm_capacity: WarmCapacitySpec | None = None
+    auth: AuthSpec | None = None
 
     def desired_replicas(self) -> int:
         """Replicas the Deployment should run now.
@@ -445,6 +461,15 @@ def parse_spec(raw: Mapping[str, Any] | None, *, name: str) -> ModelDeploymentSp
     service = spec.child("service")
     warm = spec.child("warmCapacity")
     warm_replicas = _req(warm.integer("replicas", minimum=0, maximum=MAX_WARM_REPLICAS))
+    auth = _parse_auth(spec.child("auth")) if spec.has("auth") else None
+    port = _req(service.integer("port", minimum=1, maximum=65535))
+    metrics_port = _req(service.integer("metricsPort", minimum=1, maximum=65535))
+    if auth is not None and metrics_port == port:
+        raise InvalidSpec(
+            "spec.service.metricsPort",
+            f"must differ from spec.service.port ({port}): with spec.auth, /metrics is served "
+            "on a port of its own",
+        )
     return ModelDeploymentSpec(
         model=model,
         runtime=runtime,
@@ -467,10 +492,30 @@ def parse_spec(raw: Mapping[str, Any] | None, *, name: str) -> ModelDeploymentSp
             ),
         ),
         service=ServiceSpec(
-            port=_req(service.integer("port", minimum=1, maximum=65535)),
+            port=port,
             type=_req(service.text("type", choices=SERVICE_TYPES)),
+            metrics_port=metrics_port,
         ),
         warm_capacity=WarmCapacitySpec(warm_replicas) if warm_replicas else None,
+        auth=auth,
+    )
+
+
+def _parse_auth(a: _Reader) -> AuthSpec:
+    keys = a.child("apiKeys")
+    name = _req(keys.text("secretName", required=True, pattern=SECRET_NAME_PATTERN))
+    if len(name) > 253:
+        raise InvalidSpec("spec.auth.apiKeys.secretName", "must be at most 253 characters")
+    lim = a.child("limits")
+    rate = lim.number("requestsPerSecond", minimum=0, exclusive_minimum=True, maximum=1_000_000)
+    burst = lim.integer("burst", minimum=1, maximum=1_000_000)
+    if burst is not None and rate is None:
+        raise InvalidSpec("spec.auth.limits.burst", "needs spec.auth.limits.requestsPerSecond")
+    return AuthSpec(
+        secret_name=name,
+        requests_per_second=rate,
+        burst=burst,
+        max_concurrency=lim.integer("maxConcurrency", minimum=1, maximum=100_000),
     )
 
 

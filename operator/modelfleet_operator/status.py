@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .apikeys import auth_status, secret_message
 from .nodescale import WAITING, NodeScaleEvent
 from .render.deployment import CONTAINER, FETCH_CONTAINER, Strategy
 from .spec import InvalidSpec, ModelDeploymentSpec
@@ -60,6 +61,8 @@ class Reason:
     FAILED_UPDATE_SCALE = "FailedUpdateScale"
     WAITING_FOR_AUTOSCALER = "WaitingForAutoscaler"
     WARM_CAPACITY_UNAVAILABLE = "WarmCapacityUnavailable"
+    API_KEY_SECRET_NOT_FOUND = "APIKeySecretNotFound"
+    API_KEY_SECRET_INVALID = "APIKeySecretInvalid"
 
 
 # Worst first: the first problem found names the Ready/Degraded reason.
@@ -70,6 +73,7 @@ _SEVERITY = [
     Reason.GPU_PRODUCT_UNAVAILABLE,
     Reason.PRIORITY_CLASS_NOT_FOUND,
     Reason.POD_CREATION_FAILED,
+    Reason.API_KEY_SECRET_NOT_FOUND,
     Reason.MODEL_PVC_NOT_FOUND,
     Reason.MODEL_PVC_NOT_BOUND,
     Reason.IMAGE_PULL_FAILED,
@@ -224,6 +228,9 @@ class Observed:
     node_events: Mapping[str, NodeScaleEvent] = field(default_factory=dict)
     # spec.warmCapacity's placeholder Deployment (ours), as the watch last saw it
     warm: Mapping[str, Any] | None = None
+    # spec.auth's Secret (apikeys.trim_secret; None: none) and whether it exists
+    api_key_secret: Mapping[str, Any] | None = None
+    api_key_secret_found: bool = True
 
 
 def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -605,6 +612,12 @@ def compute_status(
     wrong = [p for p in problems if p.reason != Reason.WAITING_FOR_NODE]
     if warm_problem is not None:
         wrong.append(warm_problem)  # serving is not affected: Degraded, not Ready
+    auth = spec.auth if spec is not None else None
+    auth_st = auth_status(auth, obs.api_key_secret, obs.api_key_secret_found)
+    if auth is not None and obs.api_key_secret_found:
+        trouble = secret_message(auth, obs.api_key_secret)
+        if trouble:  # the other keys still work: Degraded, not Ready
+            wrong.append(Problem(Reason.API_KEY_SECRET_INVALID, _truncate(trouble)))
     if obs.invalid is not None:
         deg_c = _cond(DEGRADED, True, Reason.INVALID_SPEC, str(obs.invalid), gen)
     elif wrong:
@@ -686,6 +699,10 @@ def compute_status(
             status["warmCapacity"] = warm
         elif "warmCapacity" in previous:
             status["warmCapacity"] = None  # a merge patch's null: removed with the spec
+        if auth_st is not None:
+            status["auth"] = auth_st
+        elif "auth" in previous:
+            status["auth"] = None
         status["summary"] = {
             "replicas": f"{ready}/{desired}",
             "gpu": spec.gpu.summary() if spec.gpu else "none",

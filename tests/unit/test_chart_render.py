@@ -371,15 +371,24 @@ def rules_by_resource(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[
     return out
 
 
-def test_rbac_has_no_wildcards_and_no_secrets(helm: Path) -> None:
+def test_rbac_has_no_wildcards_and_reads_secrets_only_when_asked(helm: Path) -> None:
     for case in (["operator.scope=cluster"], ["operator.scope=namespace"]):
-        docs = template(helm, *case)
-        for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
-            for rule in role["rules"]:
-                for key in ("apiGroups", "resources", "verbs"):
-                    assert "*" not in rule[key], (role["metadata"]["name"], rule)
-                assert "secrets" not in rule["resources"]
-                assert "nonResourceURLs" not in rule
+        for read in (True, False):
+            docs = template(helm, *case, f"apiKeys.readSecrets={str(read).lower()}")
+            granted: dict[tuple[str, str], set[str]] = {}
+            for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+                for rule in role["rules"]:
+                    for key in ("apiGroups", "resources", "verbs"):
+                        assert "*" not in rule[key], (role["metadata"]["name"], rule)
+                    assert "nonResourceURLs" not in rule
+                for k, v in rules_by_resource(role["rules"]).items():
+                    granted.setdefault(k, set()).update(v)
+            # spec.auth's Secrets: read-only, and nothing at all when turned off
+            assert granted.get(("", "secrets")) == ({"get", "list", "watch"} if read else None)
+            assert granted[("", "pods")] == ({"list", "watch", "patch"} if read else
+                                             {"list", "watch"})  # fmt: skip
+            args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert ("--no-read-api-key-secrets" in args) is not read
 
 
 def test_rbac_grants_what_the_operator_uses(helm: Path) -> None:
@@ -401,9 +410,10 @@ def test_rbac_grants_what_the_operator_uses(helm: Path) -> None:
     ):
         # Server-side apply of a new object needs create as well as patch.
         assert {"list", "watch", "create", "patch", "delete"} <= rules[child], child
-    # Read-only where the operator only reads.
-    for read_only in (("", "pods"), ("", "nodes")):
-        assert rules[read_only] <= {"get", "list", "watch"}, read_only
+    # Read-only where the operator only reads (pods: one annotation, for spec.auth).
+    assert rules[("", "nodes")] <= {"get", "list", "watch"}
+    assert rules[("", "pods")] <= {"get", "list", "watch", "patch"}
+    assert rules[("", "secrets")] == {"get", "list", "watch"}
     # kopf lists namespaces only when given --namespace, never with --all-namespaces.
     assert ("", "namespaces") not in rules
 

@@ -73,6 +73,19 @@ operator as this ServiceAccount and fails on any "forbidden".
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+{{- if .Values.apiKeys.readSecrets }}
+# operator (apiKeys.readSecrets): spec.auth: lists and watches the Secrets labelled
+# modelfleet.io/api-keys=true (key ids are kept, never the hashes), only in namespaces where
+# a ModelDeployment names one; get: a named Secret without the label (missing or
+# unlabelled?). patch pods: one annotation of a running serving pod when its Secret changed,
+# so the kubelet rewrites the mounted Secret within seconds.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["patch"]
+{{- end }}
 # operator: watches claims (a pvc:// model's claim missing or not bound).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]

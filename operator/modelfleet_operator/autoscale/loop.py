@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from ..render.deployment import metrics_port
 from ..spec import AutoscalingSpec, InvalidSpec, parse_spec
 from ..status import Reason, ScalingReport
 from .decide import Decision, Observation, Policy, State, decide, replace_decision
@@ -167,7 +168,7 @@ class Autoscaler:
             if cached is None or cached[0] != generation or generation is None:
                 try:
                     spec = parse_spec(md.get("spec"), name=key[1])
-                    cached = (generation, spec.autoscaling, spec.service.port)
+                    cached = (generation, spec.autoscaling, metrics_port(spec))
                 except InvalidSpec:
                     cached = (generation, None, 0)
                 self._specs[key] = cached

@@ -39,6 +39,16 @@ GRACE_MARGIN_S = 10
 PROBE_PERIOD_S = 5
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
+# spec.auth: the Secret of key hashes, mounted where the runtime reads it every second
+API_KEYS_MOUNT = "/etc/modelfleet/api-keys"
+# On a running pod (never the template: that would restart it), the Secret revision it was
+# told about; writing it makes the kubelet sync the pod and rewrite the mounted Secret now.
+API_KEYS_REVISION_ANNOTATION = "modelfleet.io/api-keys-revision"
+
+
+def metrics_port(spec: ModelDeploymentSpec) -> int:
+    """Where the runtime serves /metrics: its own port with API keys, else the HTTP port."""
+    return spec.service.metrics_port if spec.auth is not None else spec.service.port
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,15 @@ def serve_args(spec: ModelDeploymentSpec) -> list[str]:
         "--log-level",
         r.log_level,
     ]
+    auth = spec.auth
+    if auth is not None:
+        args += ["--api-keys", API_KEYS_MOUNT, "--metrics-port", str(spec.service.metrics_port)]
+        if auth.requests_per_second is not None:
+            args += ["--key-rate", _num(auth.requests_per_second)]
+        if auth.burst is not None:
+            args += ["--key-burst", str(auth.burst)]
+        if auth.max_concurrency is not None:
+            args += ["--key-concurrency", str(auth.max_concurrency)]
     return args
 
 
@@ -336,6 +355,15 @@ def render_pod_template(
             }
         ],
     }
+    if spec.auth is not None:
+        container["ports"].append(
+            {"name": "metrics", "containerPort": spec.service.metrics_port, "protocol": "TCP"}
+        )
+        container["volumeMounts"].append(
+            {"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True}
+        )
+        secret = {"secretName": spec.auth.secret_name, "defaultMode": 0o444}
+        pod["volumes"].append({"name": "api-keys", "secret": secret})
     if not pvc:
         pod["initContainers"] = [
             {
@@ -366,7 +394,7 @@ def render_pod_template(
         pod["priorityClassName"] = spec.scheduling.priority_class_name
     annotations = {
         "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(spec.service.port),
+        "prometheus.io/port": str(metrics_port(spec)),
         "prometheus.io/path": "/metrics",
         "kubectl.kubernetes.io/default-container": CONTAINER,
         # Cluster Autoscaler never removes a node whose pods have emptyDir volumes unless they
