@@ -14,7 +14,7 @@ from typing import Any
 from conftest import S3, Model
 from e2e_support import Kube, wait_for
 from modelfleet_runtime.auth import mint
-from test_real_node import FEATURES, apply_in, mdep, serving_pods, service_ip, wait_ready
+from test_real_node import FEATURES, apply_in, mdep, service_ip, serving_pods, wait_ready
 
 LABEL = "modelfleet.io/api-keys"
 
@@ -28,7 +28,7 @@ def secret(keys: dict[str, str]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def call(host: str, port: int, method: str, path: str, key: str | None = None,
+def call(host: str, port: int, method: str, path: str, *, key: str | None = None,
          body: bytes | None = None) -> int:  # fmt: skip
     headers = {"Content-Type": "application/json"}
     if key is not None:
@@ -43,8 +43,9 @@ def call(host: str, port: int, method: str, path: str, key: str | None = None,
         conn.close()
 
 
-def test_api_keys_rotate_in_seconds_without_a_restart(operator: Kube, ns: str, s3: S3,
-                                                      models: dict[str, Model]) -> None:  # fmt: skip
+def test_api_keys_rotate_in_seconds_without_a_restart(
+    operator: Kube, ns: str, s3: S3, models: dict[str, Model]
+) -> None:
     v1 = models["v1"]
     old, bob = mint("alice")[0], mint("bob")[0]
     apply_in(operator, ns, secret({"alice": old}))
@@ -59,11 +60,11 @@ def test_api_keys_rotate_in_seconds_without_a_restart(operator: Kube, ns: str, s
                                     "data": FEATURES}]}).encode()  # fmt: skip
     path = "/v2/models/iris/infer"
     assert call(ip, 8080, "POST", path, body=infer) == 401
-    assert call(ip, 8080, "POST", path, bob, body=infer) == 401
-    assert call(ip, 8080, "POST", path, old, body=infer) == 200
+    assert call(ip, 8080, "POST", path, key=bob, body=infer) == 401
+    assert call(ip, 8080, "POST", path, key=old, body=infer) == 200
     assert call(ip, 8080, "GET", "/v2/models/iris") == 401
     assert call(ip, 8080, "GET", "/v2/health/ready") == 200
-    assert call(ip, 8080, "GET", "/metrics", old) == 404
+    assert call(ip, 8080, "GET", "/metrics", key=old) == 404
     (pod,) = serving_pods(operator, ns, "iris")
     pod_ip = pod["status"]["podIP"]
     assert call(pod_ip, 9091, "GET", "/metrics") == 200
@@ -75,22 +76,22 @@ def test_api_keys_rotate_in_seconds_without_a_restart(operator: Kube, ns: str, s
     apply_in(operator, ns, secret({"alice": new, "bob": bob}))
 
     def rotated() -> bool:
-        return (call(ip, 8080, "POST", path, old, body=infer) == 401
-                and call(ip, 8080, "POST", path, new, body=infer) == 200)  # fmt: skip
+        return (call(ip, 8080, "POST", path, key=old, body=infer) == 401
+                and call(ip, 8080, "POST", path, key=new, body=infer) == 200)  # fmt: skip
 
     wait_for("the rotated key in the running pod", rotated, timeout=30, interval=0.2)
     took = time.monotonic() - started
     print(f"\n[e2e] API key rotation: Secret applied -> old key refused, new served in "
           f"{took:.1f}s")  # fmt: skip
     assert took < 10, took
-    assert call(ip, 8080, "POST", path, bob, body=infer) == 200
+    assert call(ip, 8080, "POST", path, key=bob, body=infer) == 200
     (after,) = serving_pods(operator, ns, "iris")
     assert after["metadata"]["name"] == pod["metadata"]["name"]
     assert after["status"]["containerStatuses"][0]["restartCount"] == 0
 
     # revoke bob
     apply_in(operator, ns, secret({"alice": new}))
-    wait_for("bob revoked", lambda: call(ip, 8080, "POST", path, bob, body=infer) == 401,
+    wait_for("bob revoked", lambda: call(ip, 8080, "POST", path, key=bob, body=infer) == 401,
              timeout=30, interval=0.2)  # fmt: skip
 
     logs = operator.kubectl("logs", "-n", ns, pod["metadata"]["name"], "-c", "runtime")
