@@ -22,6 +22,7 @@ from .auth import KeyLimits, KeyRing, Limiter, load_key_dir, presented_key
 from .batching import Batcher
 from .config import ServeConfig, write_termination_log
 from .cpus import default_threads
+from .energy import SAMPLE_EVERY_S, CostCollector, IdleClock, Nvml
 from .errors import (
     BadRequest,
     LoadError,
@@ -197,6 +198,8 @@ class App:
         self._held_limit = HELD_BODIES * cfg.max_body_bytes
         self._headers = HeaderCache()  # binary requests' decoded JSON headers
         self.ready = False
+        self.idle = IdleClock()  # begin/end around every request in flight or queued
+        self.inferences = 0  # rows answered with 200 (energy per 1000 inferences)
         # --api-keys: None serves everyone (the default, as before)
         self.keys: KeyRing | None = KeyRing() if cfg.api_keys else None
         self.limiter = Limiter(KeyLimits(cfg.key_rate, cfg.key_burst, cfg.key_concurrency))
@@ -421,7 +424,7 @@ class App:
     def _submit(
         self, ir: InferRequest, timeout_s: float | None, started: float, respond: Respond
     ) -> None:
-        metrics = self.metrics
+        app, metrics, idle = self, self.metrics, self.idle
         batcher = self.batcher
         assert batcher is not None  # _infer checked
         timeout_s = ir.timeout_s if timeout_s is None else min(timeout_s, ir.timeout_s or timeout_s)
@@ -443,6 +446,7 @@ class App:
             compute_s: float,
         ) -> None:
             metrics.inflight.dec()
+            idle.end()
             if timer:
                 timer[0].cancel()
             if error is not None or answer is None:
@@ -451,6 +455,8 @@ class App:
                 resp = _answer(answer)
             metrics.queue_seconds.observe(queue_s)
             metrics.request_done(resp.status, time.perf_counter() - started)
+            if resp.status == 200:
+                app.inferences += ir.rows
             respond(resp)
 
         deadline = time.monotonic() + timeout_s if timeout_s else None
@@ -461,6 +467,7 @@ class App:
             respond(_error(exc))
             return
         metrics.inflight.inc()
+        idle.begin()
         if timeout_s:
             timer.append(self.loop.call_later(timeout_s, batcher.expire, ticket))
 
@@ -666,10 +673,13 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
     batcher.start()
     if model.device.type == "cuda":
         metrics.watch_gpu(model.device.index or 0)
+    cost = _cost_collector(app, model)
     metrics.load_seconds.set(seconds)
     app.model, app.batcher = model, batcher
     app.ready = True
+    app.idle.serve()
     metrics.ready.set(1)
+    sampling = asyncio.ensure_future(_sample_costs(cost))
     log.info("ready in %.2fs (device %s, max batch %d)", seconds, model.device,
              model.max_batch_size)  # fmt: skip
 
@@ -678,6 +688,8 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):  # another signal must not cut the drain short
         loop.add_signal_handler(sig, log.info, "already draining: signal %d ignored", sig)
     app.ready = False
+    app.idle.stop()
+    sampling.cancel()
     metrics.ready.set(0)
     http.start_drain()
     now = loop.time()
@@ -702,6 +714,37 @@ async def serve(cfg: ServeConfig, ident: Identity) -> int:
     ignore_exit_signals(loop)
     log.info("drained; exiting")
     return 0
+
+
+def _cost_collector(app: App, model: Model) -> CostCollector:
+    """Idle and energy metrics for the accelerators this process holds: on CUDA every GPU
+    the container can see (the device plugin hands a pod its GPUs; an unused one still
+    costs), with NVML's energy counters where the driver has them."""
+    accelerators, energy = 0, None
+    if model.device.type == "cuda":
+        accelerators = torch.cuda.device_count()
+        uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(accelerators)]
+        energy, why_not = Nvml.open(uuids)
+        if energy is None:
+            log.info("no accelerator energy figures: %s", why_not)
+    cost = CostCollector(
+        {"model": app.name, "version": app.version},
+        clock=app.idle,
+        accelerators=accelerators,
+        energy=energy,
+        inferences=lambda: app.inferences,
+    )
+    app.metrics.registry.register(cost)
+    return cost
+
+
+async def _sample_costs(cost: CostCollector) -> None:
+    while True:
+        await asyncio.sleep(SAMPLE_EVERY_S)
+        try:
+            cost.sample()
+        except Exception:  # a bug here must not end the sampling
+            log.exception("sampling the idle and energy figures failed")
 
 
 def _read_keys(directory: Path) -> KeyRing:
