@@ -180,16 +180,16 @@ class FakeNvml(types.ModuleType):
         self.devices = devices  # UUID -> energy counter in mJ (None: not supported)
         self.init_error = init_error
 
-    def nvmlInit(self) -> None:  # noqa: N802 (NVML's names)
+    def nvmlInit(self) -> None:
         if self.init_error:
             raise RuntimeError(self.init_error)
 
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:  # noqa: N802
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
         if uuid not in self.devices:
             raise RuntimeError("Not Found")
         return uuid
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:  # noqa: N802
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:
         value = self.devices[handle]
         if value is None:
             raise RuntimeError("Not Supported")
