@@ -767,6 +767,24 @@ def status_schema() -> Schema:
                     "message": string("What is wrong with the Secret, when something is."),
                 },
             ),
+            "usage": obj(
+                "With spec.gpu: what the GPUs cost, from the ready serving pods' own figures "
+                "(refreshed every 2 minutes).",
+                {
+                    "idleGPUHoursLastHour": string(
+                        "GPU-hours held over the last hour with no request in flight or "
+                        'queued, e.g. "0.75" (2 decimals): GPUs times idle hours, summed '
+                        "over the pods that run now."
+                    ),
+                    "gpus": integer("GPUs the reporting pods hold."),
+                    "reportingPods": integer("Ready pods whose figures are counted."),
+                    "energySource": string(
+                        "Where the pods' energy figures come from: \"nvml\" (the driver's "
+                        'energy counter) or "none" (not measured).'
+                    ),
+                    "message": string("Why the figure covers fewer pods than are ready."),
+                },
+            ),
             "rolloutStrategy": string("The Deployment strategy the operator chose and why."),
             "model": obj(
                 "The model being served.",

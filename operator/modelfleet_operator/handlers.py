@@ -48,6 +48,7 @@ from .render.deployment import CONTAINER
 from .render.warm import KIND as WARM_KIND
 from .secretwatch import SecretWatch
 from .spec import GROUP, PLURAL, VERSION
+from .usagewatch import UsageWatch
 
 log = logging.getLogger("modelfleet.operator")
 # Events of children and pods come in bursts (a rollout): they fold into one reconcile this
@@ -147,6 +148,11 @@ async def _watch_node_events(watch: NodeEventWatch, ready: asyncio.Event) -> Non
 
 
 async def _watch_api_key_secrets(watch: SecretWatch, ready: asyncio.Event) -> None:
+    await ready.wait()
+    await watch.run()
+
+
+async def _usage(watch: UsageWatch, ready: asyncio.Event) -> None:
     await ready.wait()
     await watch.run()
 
@@ -400,6 +406,15 @@ def register(registry: kopf.OperatorRegistry) -> None:
             kube.watch_secrets,
             notify=lambda key: queue.add(key, "api-keys"),
         )
+        # spec.gpu: the pods' idle GPU-hours for status.usage (the autoscaler's scraper).
+        usage_watch = UsageWatch(
+            view.mds,
+            view.pods,
+            rt.autoscaler.scraper,
+            rt.autoscaler.resolver,
+            notify=lambda key: queue.add(key, "usage"),
+        )
+        rt.reconciler.usage = usage_watch.get
         if rt.read_api_key_secrets:
             view.api_key_secrets = secret_watch.get
         else:
@@ -412,6 +427,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
             asyncio.create_task(
                 _watch_node_events(node_watch, rt.ready), name="modelfleet-node-events"
             ),
+            asyncio.create_task(_usage(usage_watch, rt.ready), name="modelfleet-usage"),
         )
         if rt.read_api_key_secrets:
             rt.tasks += (

@@ -215,6 +215,20 @@ def pod_owner(body: Obj) -> str | None:
     return labels.get(INSTANCE_LABEL)
 
 
+def pod_ready(pod: Obj) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def pod_live(pod: Obj) -> bool:
+    """Not on its way out: not deleting, not finished."""
+    meta = pod.get("metadata") or {}
+    phase = (pod.get("status") or {}).get("phase")
+    return not meta.get("deletionTimestamp") and phase not in ("Succeeded", "Failed")
+
+
 def trim_pod(body: Obj) -> dict[str, Any]:
     status = body.get("status") or {}
     meta = _meta(body, "labels", "creationTimestamp")

@@ -39,6 +39,7 @@ from .render.common import STRATEGY_ANNOTATION, selector_string
 from .render.deployment import API_KEYS_REVISION_ANNOTATION
 from .render.warm import KIND as WARM_KIND
 from .status import Observed, Problem, Reason, ScalingReport, compute_status, status_changed
+from .usage import UsageReport
 
 log = logging.getLogger("modelfleet.operator")
 TRIM_AFTER = 100  # reconciles in a burst before the drained queue gives memory back
@@ -256,6 +257,8 @@ class Reconciler:
         self.scaling: Callable[[Key], ScalingReport | None] | None = None
         # spec.auth's Secrets may be read (--read-api-key-secrets); False: never
         self.read_api_key_secrets = True
+        # The serving pods' idle GPU-hours per ModelDeployment (usagewatch.py; handlers.py)
+        self.usage: Callable[[Key], UsageReport | None] | None = None
 
     async def reconcile(self, key: Key, trigger: str = "event") -> None:
         start = time.perf_counter()
@@ -470,6 +473,7 @@ class Reconciler:
             warm=_ours(children.get(WARM_KIND), owner.uid),
             api_key_secret=facts.api_key_secret,
             api_key_secret_found=facts.api_key_secret_found,
+            usage=self.usage((owner.namespace, owner.name)) if self.usage else None,
         )
 
     async def _write_status(self, facts: Facts, observed: Observed) -> bool:

@@ -16,6 +16,7 @@ from .apikeys import auth_status, secret_message
 from .nodescale import WAITING, NodeScaleEvent
 from .render.deployment import CONTAINER, FETCH_CONTAINER, Strategy
 from .spec import InvalidSpec, ModelDeploymentSpec
+from .usage import UsageReport, usage_status
 
 READY = "Ready"
 AVAILABLE = "Available"
@@ -231,6 +232,8 @@ class Observed:
     # spec.auth's Secret (apikeys.trim_secret; None: none) and whether it exists
     api_key_secret: Mapping[str, Any] | None = None
     api_key_secret_found: bool = True
+    # spec.gpu set: the serving pods' idle and energy figures (usagewatch.py); None: none yet
+    usage: UsageReport | None = None
 
 
 def _truncate(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -703,6 +706,11 @@ def compute_status(
             status["auth"] = auth_st
         elif "auth" in previous:
             status["auth"] = None
+        usage = usage_status(obs.usage, previous.get("usage")) if spec.gpu is not None else None
+        if usage is not None:
+            status["usage"] = usage
+        elif "usage" in previous:
+            status["usage"] = None
         status["summary"] = {
             "replicas": f"{ready}/{desired}",
             "gpu": spec.gpu.summary() if spec.gpu else "none",

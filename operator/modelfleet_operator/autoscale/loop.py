@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from ..observe import pod_live, pod_ready
 from ..render.deployment import metrics_port
 from ..spec import AutoscalingSpec, InvalidSpec, parse_spec
 from ..status import Reason, ScalingReport
@@ -76,19 +77,6 @@ def simulated_addresses(
         return pod_addresses(md, pods, port)
     names = sorted(_name(p) for p in pods)
     return {n: listed[i] if i < len(listed) else None for i, n in enumerate(names)}
-
-
-def _ready(pod: Mapping[str, Any]) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in (pod.get("status") or {}).get("conditions") or []
-    )
-
-
-def _live(pod: Mapping[str, Any]) -> bool:
-    meta = pod.get("metadata") or {}
-    phase = (pod.get("status") or {}).get("phase")
-    return not meta.get("deletionTimestamp") and phase not in ("Succeeded", "Failed")
 
 
 def policy_of(auto: AutoscalingSpec) -> Policy:
@@ -234,9 +222,9 @@ class Autoscaler:
         if track.policy != policy:
             track.policy = policy  # a changed target or window: start the windows afresh
             track.state = State()
-        pods = [p for p in self.pods.get(key) or () if _live(p)]
-        ready = [p for p in pods if _ready(p)]
-        loading = [p for p in pods if not _ready(p)]
+        pods = [p for p in self.pods.get(key) or () if pod_live(p)]
+        ready = [p for p in pods if pod_ready(p)]
+        loading = [p for p in pods if not pod_ready(p)]
         addresses = self.resolver(md, pods, port)
         # Only ready pods carry demand; a loading one may not even listen yet.
         scraped = await self.scraper.many(

@@ -10,11 +10,16 @@ from dataclasses import dataclass
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..usage import PodUsage
+
 INFLIGHT = "modelfleet_inflight_requests"
 QUEUE = "modelfleet_queue_depth"
 REQUESTS = "modelfleet_requests"  # a counter: samples are modelfleet_requests_total
 READY = "modelfleet_model_ready"
 HELD = "modelfleet_activator_held_requests"  # the activator's, per ModelDeployment
+IDLE_LAST_HOUR = "modelfleet_idle_seconds_last_hour"
+ACCELERATORS = "modelfleet_accelerators"
+ENERGY_SOURCE = "modelfleet_energy_source_info"  # an info metric (a gauge in text format)
 TIMEOUT_S = 1.0
 CONCURRENCY = 64
 MAX_BYTES = 1 << 20  # a runtime's /metrics is a few KiB; more is not ours
@@ -57,6 +62,24 @@ def parse_held(text: str) -> dict[tuple[str, str], float]:
     return out
 
 
+def parse_usage(text: str) -> PodUsage:
+    """A runtime's idle and energy figures (modelfleet_runtime/energy.py)."""
+    idle: float | None = None
+    accelerators = 0
+    source: str | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if family.name == IDLE_LAST_HOUR:
+                # an hour at most (a NaN or a wild value is not believed)
+                idle = (idle or 0.0) + min(max(0.0, float(sample.value)), 3600.0)
+            elif family.name == ACCELERATORS:
+                value = float(sample.value)
+                accelerators += int(value) if 0 <= value < 1 << 16 else 0
+            elif sample.name == ENERGY_SOURCE:
+                source = str(sample.labels.get("energy_source") or "") or source
+    return PodUsage(idle_last_hour_s=idle, accelerators=accelerators, energy_source=source)
+
+
 class Scraper:
     """GET http://<address>/metrics for many pods at once; None for a pod that did not
     answer in time, answered an error, or sent something that is not the format."""
@@ -90,6 +113,13 @@ class Scraper:
         text = await self.text(address)
         try:
             return parse_metrics(text) if text is not None else None
+        except ValueError:
+            return None
+
+    async def usage(self, address: str) -> PodUsage | None:
+        text = await self.text(address)
+        try:
+            return parse_usage(text) if text is not None else None
         except ValueError:
             return None
 
