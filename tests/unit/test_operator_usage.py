@@ -34,7 +34,7 @@ def runtime_metrics(idle_s: float, accelerators: int) -> str:
             energy=None,
             inferences=lambda: 0,
             now=lambda: t[0],
-        )  # fmt: skip
+        )
     )
     return generate_latest(registry).decode()
 
