@@ -24,6 +24,7 @@ from .render.common import (
     DEFAULT_WARM_PRIORITY_CLASS,
     RenderConfig,
 )
+from .usage import INTERVAL_S as USAGE_INTERVAL_S
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-plan every ModelDeployment this often (spread over the interval) from the "
         "watches' view "
         "(no API request when converged; drift itself is seen at once)",
+    )
+    p.add_argument(
+        "--usage-seconds",
+        type=float,
+        default=USAGE_INTERVAL_S,
+        help="read the GPU serving pods' idle figures for status.usage this often",
     )
     p.add_argument(
         "--workers",
@@ -239,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics=metrics,
         workers=args.workers,
         resync_seconds=args.resync_seconds,
+        usage_seconds=max(1.0, args.usage_seconds),
         activator_service=args.activator_service,
         activator_ports=args.activator_ports,
         read_api_key_secrets=args.read_api_key_secrets,

@@ -48,6 +48,7 @@ from .render.deployment import CONTAINER
 from .render.warm import KIND as WARM_KIND
 from .secretwatch import SecretWatch
 from .spec import GROUP, PLURAL, VERSION
+from .usage import INTERVAL_S as USAGE_INTERVAL_S
 from .usagewatch import UsageWatch
 
 log = logging.getLogger("modelfleet.operator")
@@ -96,6 +97,7 @@ class Runtime:
     metrics: OperatorMetrics
     workers: int
     resync_seconds: float
+    usage_seconds: float = USAGE_INTERVAL_S
     queue: WorkQueue | None = None
     reconciler: Reconciler | None = None
     ready: asyncio.Event | None = None
@@ -413,6 +415,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
             rt.autoscaler.scraper,
             rt.autoscaler.resolver,
             notify=lambda key: queue.add(key, "usage"),
+            interval_s=rt.usage_seconds,
         )
         rt.reconciler.usage = usage_watch.get
         if rt.read_api_key_secrets:

@@ -62,7 +62,10 @@ def operator(
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     # Runtime processes on 127.0.0.1 stand in for kwok's pod IPs where an mdep says so.
     env = {**kube_cluster.env, "MODELFLEET_SIMULATED_METRICS": "1"}
-    proc = OperatorProcess(dataclasses.replace(kube_cluster, env=env), log, resync_seconds=15)
+    proc = OperatorProcess(
+        dataclasses.replace(kube_cluster, env=env), log, resync_seconds=15,
+        extra_args=["--usage-seconds", "2"],
+    )  # fmt: skip
     proc.start()
     try:
         yield proc
@@ -316,3 +319,31 @@ def test_builtin_engine_follows_a_load_step_on_real_runtimes(
     print(f"\nbuiltin engine via the operator: scale-up written {up_s:.1f}s after the load "
           f"step (kubectl polling every 0.2 s), scale-down {down_s:.0f}s after the load "
           f"stopped; loadavg {load}")  # fmt: skip
+
+
+def test_gpu_usage_in_status_comes_from_the_pods_own_figures(
+    k: KubeCluster, namespace: str, runtimes: list[RuntimeProcess]
+) -> None:
+    """Two GPU pods: one answers with a real runtime's figures (a CPU runtime: it holds no
+    GPU, so its idle GPU-hours are 0), the other answers nothing and is named, not zeroed."""
+    body = manifest("usage", {"replicas": 2})
+    body["metadata"]["annotations"][SIMULATED_METRICS_ANNOTATION] = (
+        f"127.0.0.1:{runtimes[2].port} 127.0.0.1:{free_port()}"
+    )
+    apply_as_user(k, namespace, body)
+
+    def usage() -> dict[str, Any] | None:
+        got = ((get(k, namespace, "mdep", "usage") or {}).get("status") or {}).get("usage")
+        return got if got and got.get("reportingPods") == 1 else None
+
+    shown = wait_for(usage, timeout=120, what="status.usage from one of two pods")
+    assert shown["gpus"] == 0 and shown["energySource"] == "none"
+    assert shown["idleGPUHoursLastHour"] == "0.00"
+    assert "1 of 2 ready pods did not report" in shown["message"]
+    cpu = manifest("usage", {**CPU_ONLY, "replicas": 2})
+    cpu["metadata"]["annotations"] = body["metadata"]["annotations"]
+    apply_as_user(k, namespace, cpu)  # no GPU requested: no usage shown
+    wait_for(
+        lambda: "usage" not in ((get(k, namespace, "mdep", "usage") or {}).get("status") or {}),
+        timeout=60, what="status.usage gone without spec.gpu",
+    )  # fmt: skip
