@@ -337,6 +337,7 @@ API_KEYS_LABEL = "modelfleet.io/api-keys"
 
 
 def mint_key(args: argparse.Namespace) -> int:
+    import base64  # noqa: PLC0415
     import json  # noqa: PLC0415
 
     from .auth import mint  # noqa: PLC0415
@@ -346,15 +347,18 @@ def mint_key(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"modelfleet-runtime mint-key: {exc}", file=sys.stderr)
         return 2
+    # data, not stringData: stringData is write-only, so an entry later left out of an
+    # applied manifest (a revoked key) would stay in the Secret; a data entry goes.
+    data = {args.key_id: base64.b64encode(digest.encode()).decode()}
     if args.secret:
         meta: dict[str, Any] = {"name": args.secret, "labels": {API_KEYS_LABEL: "true"}}
         if args.namespace:
             meta["namespace"] = args.namespace
         doc: Any = {"apiVersion": "v1", "kind": "Secret", "metadata": meta,
-                    "type": "Opaque", "stringData": {args.key_id: digest}}  # fmt: skip
+                    "type": "Opaque", "data": data}  # fmt: skip
         print(json.dumps(doc, indent=2))
     elif args.patch:
-        print(json.dumps({"stringData": {args.key_id: digest}}))
+        print(json.dumps({"data": data}))
     else:
         print(digest)
     print(f"API key {args.key_id} (shown once; only its hash is stored): {key}", file=sys.stderr)

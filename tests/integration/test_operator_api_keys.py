@@ -5,6 +5,7 @@ volume rewritten, the runtime taking the keys) is tests/e2e/test_real_node_api_k
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
@@ -50,7 +51,7 @@ def put_secret(k: KubeCluster, namespace: str, name: str, data: dict[str, str],
         "kind": "Secret",
         "metadata": {"name": name, "labels": {LABEL: "true"} if labelled else {}},
         "type": "Opaque",
-        "stringData": data,
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }
     k.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(body))
     out = k.kubectl_json("-n", namespace, "get", "secret", name)

@@ -5,6 +5,7 @@ and no key material reaches the log."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import json
 import os
@@ -321,7 +322,9 @@ def test_mint_key_prints_the_key_once_and_stores_only_its_hash(tmp_path: Path) -
     assert key.startswith("mf_team-a_")
     assert doc["kind"] == "Secret" and doc["metadata"]["namespace"] == "ml"
     assert doc["metadata"]["labels"] == {"modelfleet.io/api-keys": "true"}
-    assert doc["stringData"] == {"team-a": hash_key(key)}
+    assert {k: base64.b64decode(v).decode() for k, v in doc["data"].items()} == {
+        "team-a": hash_key(key)
+    }
     assert key not in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "modelfleet_runtime", "mint-key", "Team_A"],
                          check=False, capture_output=True, text=True, timeout=60,
