@@ -210,10 +210,13 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": name, "namespace": namespace}
         ]
-        # The binding really gives the ServiceAccount what it needs, and nothing like secrets.
+        # The binding really gives the ServiceAccount what it needs and no more: Secrets are
+        # read-only (apiKeys.readSecrets, the default: the API key Secrets' ids and revision).
         as_sa = f"--as=system:serviceaccount:{namespace}:{name}"
         for verb, resource in [
             ("watch", "modeldeployments.modelfleet.io"),
+            ("watch", "secrets"),
+            ("patch", "pods"),
             ("patch", "modeldeployments.modelfleet.io/status"),
             ("create", "deployments.apps"),
             ("delete", "services"),
@@ -227,7 +230,9 @@ def test_install_creates_crd_rbac_and_a_restricted_operator_deployment(
         for verb, resource in [
             # the operator never writes a user's spec: status only
             ("patch", "modeldeployments.modelfleet.io"),
-            ("get", "secrets"),
+            ("create", "secrets"),
+            ("update", "secrets"),
+            ("delete", "secrets"),
             ("delete", "pods"),
             ("create", "clusterroles"),
             ("update", "deployments.apps"),
