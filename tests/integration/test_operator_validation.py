@@ -191,7 +191,7 @@ def test_good_manifest_is_defaulted(crd: KubeCluster, namespace: str) -> None:
         "maxQueueSize": 512,
     }
     assert spec["rollout"]["strategy"] == "Auto"
-    assert spec["service"] == {"port": 8080, "type": "ClusterIP"}
+    assert spec["service"] == {"port": 8080, "metricsPort": 9091, "type": "ClusterIP"}
 
 
 def test_explain_teaches_the_api(crd: KubeCluster) -> None:
