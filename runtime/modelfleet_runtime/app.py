@@ -723,8 +723,12 @@ def _cost_collector(app: App, model: Model) -> CostCollector:
     accelerators, energy = 0, None
     if model.device.type == "cuda":
         accelerators = torch.cuda.device_count()
-        uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(accelerators)]
-        energy, why_not = Nvml.open(uuids)
+        why = "no CUDA device in use"
+        try:
+            uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(accelerators)]
+        except Exception as exc:  # an old driver or torch: no energy figures, still serving
+            uuids, why = [], f"cannot read the GPUs' UUIDs: {exc}"
+        energy, why_not = Nvml.open(uuids) if uuids else (None, why)
         if energy is None:
             log.info("no accelerator energy figures: %s", why_not)
     cost = CostCollector(
