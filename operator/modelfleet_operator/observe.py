@@ -18,7 +18,7 @@ from .render.deployment import API_KEYS_REVISION_ANNOTATION
 from .render.warm import COMPONENT as WARM_COMPONENT
 from .render.warm import KIND as WARM_KIND
 from .render.warm import NAME_SUFFIX as WARM_SUFFIX
-from .spec import GROUP, KIND
+from .spec import GROUP, KIND, InvalidSpec, ModelDeploymentSpec, parse_spec
 
 Obj = Mapping[str, Any]
 
@@ -213,6 +213,44 @@ def pod_owner(body: Obj) -> str | None:
     if labels.get(MANAGED_BY_LABEL) != MANAGER:
         return None
     return labels.get(INSTANCE_LABEL)
+
+
+def pod_name(pod: Obj) -> str:
+    return str((pod.get("metadata") or {}).get("name"))
+
+
+class ParsedSpecs:
+    """Each ModelDeployment's parsed spec, parsed again only when its generation moves: the
+    loops that visit every object every tick (autoscaler, usage) share this. Parsing every
+    object every tick cost ~3.5% CPU at 300 objects with none autoscaled (py-spy, idle
+    operator)."""
+
+    def __init__(self) -> None:
+        self._specs: dict[tuple[str, str], tuple[Any, ModelDeploymentSpec | None]] = {}
+
+    def live(self, mds: Any) -> list[tuple[tuple[str, str], Obj, ModelDeploymentSpec]]:
+        """(key, body, spec) of each ModelDeployment in the index that is not being deleted
+        and whose spec is valid; entries of objects gone from the index are dropped."""
+        out = []
+        keys = list(mds)
+        for key in keys:
+            md = next(iter(mds.get(key) or ()), None)
+            if md is None or (md.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            generation = (md.get("metadata") or {}).get("generation")
+            cached = self._specs.get(key)
+            if cached is None or cached[0] != generation or generation is None:
+                try:
+                    cached = (generation, parse_spec(md.get("spec"), name=key[1]))
+                except InvalidSpec:
+                    cached = (generation, None)
+                self._specs[key] = cached
+            if cached[1] is not None:
+                out.append((key, md, cached[1]))
+        present = set(keys)
+        for gone in [k for k in self._specs if k not in present]:
+            del self._specs[gone]
+        return out
 
 
 def pod_ready(pod: Obj) -> bool:
