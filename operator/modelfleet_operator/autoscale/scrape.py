@@ -4,8 +4,9 @@ concurrency). prometheus_client's own text parser reads the exposition format.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,6 +24,7 @@ ENERGY_SOURCE = "modelfleet_energy_source_info"  # an info metric (a gauge in te
 TIMEOUT_S = 1.0
 CONCURRENCY = 64
 MAX_BYTES = 1 << 20  # a runtime's /metrics is a few KiB; more is not ours
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -109,27 +111,25 @@ class Scraper:
             except (TimeoutError, aiohttp.ClientError, OSError):
                 return None
 
-    async def one(self, address: str) -> PodMetrics | None:
-        text = await self.text(address)
+    async def _parsed(
+        self, address: str, parse: Callable[[str], T], limit: int = MAX_BYTES
+    ) -> T | None:
+        """/metrics read by ``parse``; None when it did not answer or is not the format."""
+        text = await self.text(address, limit)
         try:
-            return parse_metrics(text) if text is not None else None
+            return parse(text) if text is not None else None
         except ValueError:
             return None
 
+    async def one(self, address: str) -> PodMetrics | None:
+        return await self._parsed(address, parse_metrics)
+
     async def usage(self, address: str) -> PodUsage | None:
-        text = await self.text(address)
-        try:
-            return parse_usage(text) if text is not None else None
-        except ValueError:
-            return None
+        return await self._parsed(address, parse_usage)
 
     async def held(self, address: str) -> dict[tuple[str, str], float] | None:
         """One activator's held requests (its /metrics may list many ModelDeployments)."""
-        text = await self.text(address, limit=16 * MAX_BYTES)
-        try:
-            return parse_held(text) if text is not None else None
-        except ValueError:
-            return None
+        return await self._parsed(address, parse_held, limit=16 * MAX_BYTES)
 
     async def many(self, addresses: Iterable[str]) -> Mapping[str, PodMetrics | None]:
         wanted = list(dict.fromkeys(addresses))
