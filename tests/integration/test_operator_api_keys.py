@@ -6,7 +6,6 @@ volume rewritten, the runtime taking the keys) is tests/e2e/test_real_node_api_k
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 from kube_harness import KubeCluster, wait_for
+from modelfleet_runtime.auth import hash_key
 from operator_support import (
     OperatorProcess,
     apply_as_user,
@@ -29,10 +29,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REVISION = "modelfleet.io/api-keys-revision"
 LABEL = "modelfleet.io/api-keys"
-
-
-def digest(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +72,7 @@ def test_pods_are_told_of_each_secret_revision_and_status_shows_ids(
     kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
 ) -> None:
     k = kube_cluster
-    rv = put_secret(k, namespace, "keys", {"alice": digest("mf_alice_x")})
+    rv = put_secret(k, namespace, "keys", {"alice": hash_key("mf_alice_x")})
     spec = {
         "replicas": 2,
         "auth": {"apiKeys": {"secretName": "keys"}, "limits": {"requestsPerSecond": 50}},
@@ -103,8 +99,8 @@ def test_pods_are_told_of_each_secret_revision_and_status_shows_ids(
     template_hash = dep["spec"]["template"]["metadata"]["labels"].get("pod-template-hash")
     names = {p["metadata"]["name"] for p in running(k, namespace, "secured")}
     started = time.monotonic()
-    rv2 = put_secret(k, namespace, "keys", {"alice": digest("mf_alice_y"),
-                                             "bob": digest("mf_bob_z")})  # fmt: skip
+    rv2 = put_secret(k, namespace, "keys", {"alice": hash_key("mf_alice_y"),
+                                             "bob": hash_key("mf_bob_z")})  # fmt: skip
     wait_for(lambda: told(running(k, namespace, "secured")) == {rv2}, timeout=15,
              what="pods told again", interval=0.1)  # fmt: skip
     took = time.monotonic() - started
@@ -119,13 +115,13 @@ def test_pods_are_told_of_each_secret_revision_and_status_shows_ids(
              timeout=30, what="status.auth follows")  # fmt: skip
 
     # a plaintext key in the Secret: Degraded names the entry, never the value
-    put_secret(k, namespace, "keys", {"alice": digest("mf_alice_y"), "carol": "mf_carol_secret"})
+    put_secret(k, namespace, "keys", {"alice": hash_key("mf_alice_y"), "carol": "mf_carol_secret"})
     md = wait_condition(k, namespace, "secured", "Degraded", "True", "APIKeySecretInvalid",
                         timeout=30)  # fmt: skip
     assert "'carol' holds a plaintext key" in cond(md, "Degraded")["message"]
     assert cond(md, "Ready")["status"] == "True"  # alice still works
     text = json.dumps(md) + k.kubectl("-n", namespace, "get", "events", "-o", "json").stdout
-    assert "mf_carol_secret" not in text and digest("mf_alice_y") not in text
+    assert "mf_carol_secret" not in text and hash_key("mf_alice_y") not in text
     assert "mf_carol_secret" not in operator.log_path.read_text()
 
 
@@ -140,7 +136,7 @@ def test_a_missing_or_unlabelled_secret_is_named_in_status(
     assert "mint-key" in cond(md, "Ready")["message"]
 
     # unlabelled: found with a GET, works, but Degraded says why rotation will be slow
-    put_secret(k, namespace, "absent", {"alice": digest("mf_alice_q")}, labelled=False)
+    put_secret(k, namespace, "absent", {"alice": hash_key("mf_alice_q")}, labelled=False)
     # a Secret the watch does not see brings no event: the next reconcile (a pod event,
     # the resync) finds it; nudge one with a spec change
     k.kubectl("-n", namespace, "patch", "mdep", "nokeys", "--type", "merge", "-p",

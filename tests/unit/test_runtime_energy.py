@@ -133,28 +133,26 @@ def test_energy_is_counted_from_start_and_per_1000_inferences_over_the_window() 
     assert one(s, "modelfleet_energy_joules_per_1000_inferences") is None  # nothing served
     clock.advance(10)
     assert one(scrape(cost), "modelfleet_accelerator_idle_seconds_total") == pytest.approx(20)
+
+    def a_minute(watts: float, rows_per_sample: int, extra_samples: int = 0) -> None:
+        for _ in range(int(ENERGY_WINDOW_S / SAMPLE_EVERY_S) + extra_samples):
+            clock.advance(SAMPLE_EVERY_S)
+            counter.joules["0"] += watts * SAMPLE_EVERY_S
+            done[0] += rows_per_sample
+            cost.sample()
+
     # 60 s at 300 W while 2400 rows are answered: 18 kJ, 7500 J per 1000
-    for _ in range(int(ENERGY_WINDOW_S / SAMPLE_EVERY_S)):
-        clock.advance(SAMPLE_EVERY_S)
-        counter.joules["0"] += 300 * SAMPLE_EVERY_S
-        done[0] += 200
-        cost.sample()
+    a_minute(300, 200)
     s = scrape(cost)
     assert one(s, "modelfleet_accelerator_energy_joules_total") == pytest.approx(18_000)
     assert one(s, "modelfleet_energy_joules_per_1000_inferences") == pytest.approx(7500)
     # then a minute at 100 W doing 10x the work: the window forgets the first minute
-    for _ in range(int(ENERGY_WINDOW_S / SAMPLE_EVERY_S)):
-        clock.advance(SAMPLE_EVERY_S)
-        counter.joules["0"] += 100 * SAMPLE_EVERY_S
-        done[0] += 2000
-        cost.sample()
+    a_minute(100, 2000)
     s = scrape(cost)
     assert one(s, "modelfleet_accelerator_energy_joules_total") == pytest.approx(24_000)
     assert one(s, "modelfleet_energy_joules_per_1000_inferences") == pytest.approx(250)
-    # a minute with no inference: no figure, rather than infinity
-    for _ in range(int(ENERGY_WINDOW_S / SAMPLE_EVERY_S) + 1):
-        clock.advance(SAMPLE_EVERY_S)
-        cost.sample()
+    # a minute with no inference (and no energy): no figure, rather than infinity
+    a_minute(0, 0, extra_samples=1)
     assert one(scrape(cost), "modelfleet_energy_joules_per_1000_inferences") is None
 
 
