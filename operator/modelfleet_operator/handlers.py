@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 
@@ -144,24 +144,15 @@ def _echo(memo: Any, kind: str, body: kopf.Body) -> bool:
     return rec is not None and any(rec.inflight.is_echo(what, rv) for what in whats)
 
 
-async def _watch_node_events(watch: NodeEventWatch, ready: asyncio.Event) -> None:
+class _Loop(Protocol):
+    async def run(self) -> None: ...
+
+
+async def _after_ready(loop: _Loop, ready: asyncio.Event) -> None:
+    """A background loop (autoscaler, usage, Secret and node-event watches), started once
+    the indexes hold every ModelDeployment and pod."""
     await ready.wait()
-    await watch.run()
-
-
-async def _watch_api_key_secrets(watch: SecretWatch, ready: asyncio.Event) -> None:
-    await ready.wait()
-    await watch.run()
-
-
-async def _usage(watch: UsageWatch, ready: asyncio.Event) -> None:
-    await ready.wait()
-    await watch.run()
-
-
-async def _autoscale(autoscaler: Autoscaler, ready: asyncio.Event) -> None:
-    await ready.wait()  # the indexes hold every ModelDeployment and pod
-    await autoscaler.run()
+    await loop.run()
 
 
 def _observe_startup(rt: Runtime, body: kopf.Body, event: Mapping[str, Any], nodes: Any) -> None:
@@ -426,16 +417,16 @@ def register(registry: kopf.OperatorRegistry) -> None:
             asyncio.create_task(
                 resync(view, rt.queue, rt.resync_seconds, rt.ready), name="modelfleet-resync"
             ),
-            asyncio.create_task(_autoscale(rt.autoscaler, rt.ready), name="modelfleet-autoscaler"),
             asyncio.create_task(
-                _watch_node_events(node_watch, rt.ready), name="modelfleet-node-events"
+                _after_ready(rt.autoscaler, rt.ready), name="modelfleet-autoscaler"
             ),
-            asyncio.create_task(_usage(usage_watch, rt.ready), name="modelfleet-usage"),
+            asyncio.create_task(_after_ready(node_watch, rt.ready), name="modelfleet-node-events"),
+            asyncio.create_task(_after_ready(usage_watch, rt.ready), name="modelfleet-usage"),
         )
         if rt.read_api_key_secrets:
             rt.tasks += (
                 asyncio.create_task(
-                    _watch_api_key_secrets(secret_watch, rt.ready),
+                    _after_ready(secret_watch, rt.ready),
                     name="modelfleet-api-key-secrets",
                 ),
             )

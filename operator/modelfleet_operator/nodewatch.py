@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from .nodescale import SELECTORS, NodeScaleEvent, newest_by_pod
+from .observe import pod_name
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ def unschedulable(pod: Mapping[str, Any]) -> bool:
     )
 
 
-def _name(pod: Mapping[str, Any]) -> str:
-    return str((pod.get("metadata") or {}).get("name"))
-
-
 class NodeEventWatch:
     def __init__(
         self,
@@ -71,7 +68,7 @@ class NodeEventWatch:
     ) -> dict[str, NodeScaleEvent]:
         """The newest node autoscaler Event of each of these pods that has one."""
         known = self.by_namespace.get(namespace) or {}
-        return {n: known[n] for p in pods if (n := _name(p)) in known}
+        return {n: known[n] for p in pods if (n := pod_name(p)) in known}
 
     def _waiting(self) -> dict[Key, list[Mapping[str, Any]]]:
         out: dict[Key, list[Mapping[str, Any]]] = {}
